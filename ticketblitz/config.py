@@ -1,0 +1,139 @@
+"""The one configuration object. Every setting is a typed attribute with a default; values come from
+`TICKETBLITZ_*` environment variables, then command-line flags. The server reads nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TICKETBLITZ_"
+_SECRETS = {"admin_token", "database_url", "redis_url"}
+
+
+def _default_static_dir() -> str:
+    return str(Path(__file__).resolve().parent.parent / "static")
+
+
+@dataclass(slots=True)
+class Settings:
+    # --- serving
+    host: str = "127.0.0.1"  # address the HTTP listener binds
+    port: int = 8000  # port of the one public listener
+    data_dir: str = "./data"  # embedded store lives here (ticketblitz.db)
+    demo: bool = False  # create the demo event "The Eras Tour" at start if missing
+    static_dir: str = field(default_factory=_default_static_dir)  # the visualizer's files
+    admin_token: str = ""  # bearer token of organizer routes; generated and printed once when empty
+    # --- distributed mode (unset = embedded SQLite, in-process queue and locks)
+    database_url: str = ""  # postgresql://… selects the PostgreSQL store
+    redis_url: str = ""  # redis://… selects Redis locks and edge inventory
+    kafka_bootstrap: str = ""  # host:port selects the Kafka queue
+    workers: int = 1  # server processes (distributed mode only)
+    # --- limits and deadlines
+    max_body_bytes: int = 65536  # larger request bodies get 413
+    queue_limit: int = 50_000  # pending bookings beyond which intake answers 429
+    store_timeout: float = 5.0  # seconds any one store call may take
+    lock_timeout: float = 2.0  # seconds a consumer waits for seat locks
+    lock_ttl_ms: int = 10_000  # lease of a seat lock
+    intake_batch: int = 512  # booking requests made durable in one store transaction
+    consumers: int = 2  # consumer tasks deciding queued bookings
+    consumer_batch: int = 256  # bookings decided in one store transaction
+    sweep_interval: float = 1.0  # seconds between hold-expiry sweeps
+    shutdown_grace: float = 10.0  # seconds to drain queued work on SIGINT/SIGTERM
+    max_wait: float = 30.0  # upper bound of `?wait=` long-polls
+    log_level: str = "info"
+
+    @property
+    def embedded(self) -> bool:
+        return not (self.database_url or self.redis_url or self.kafka_bootstrap)
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.data_dir) / "ticketblitz.db"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then `TICKETBLITZ_<NAME>` variables, then explicit overrides (CLI flags) not None."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _convert(f.type, raw, f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port: {self.port} is not a TCP port")
+        if self.workers < 1:
+            raise ValueError("workers: must be at least 1")
+        if self.workers > 1 and self.embedded:
+            raise ValueError(
+                "workers: the embedded store (SQLite) has one writer; --workers > 1 needs distributed mode "
+                "(set TICKETBLITZ_DATABASE_URL, TICKETBLITZ_REDIS_URL and TICKETBLITZ_KAFKA_BOOTSTRAP)"
+            )
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes: must be at least 1024")
+        for name in ("store_timeout", "lock_timeout", "sweep_interval", "shutdown_grace", "max_wait"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive")
+        for name in ("queue_limit", "intake_batch", "consumers", "consumer_batch", "lock_ttl_ms"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
+
+    def ensure_admin_token(self) -> bool:
+        """Generate the admin token when none was configured; True when one was generated."""
+        if self.admin_token:
+            return False
+        self.admin_token = secrets.token_urlsafe(24)
+        return True
+
+    def describe(self) -> str:
+        """One line per setting, secrets masked: printed at start."""
+        lines = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRETS and value:
+                value = _mask(str(value))
+            lines.append(f"  {f.name} = {value}")
+        return "\n".join(lines)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _mask(value: str) -> str:
+    if "://" in value and "@" in value:
+        scheme, rest = value.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    if "://" in value:
+        return value
+    return value[:3] + "***" if len(value) > 6 else "***"
+
+
+def _convert(type_name: Any, raw: str, name: str) -> Any:
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: {raw!r} is not a valid {kind}") from None
+    return raw

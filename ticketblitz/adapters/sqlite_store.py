@@ -1,0 +1,470 @@
+"""The embedded store: one SQLite file in WAL mode with durable (synchronous=FULL) commits.
+
+One writer connection serves every write in a worker thread, one at a time; a second connection
+serves reads, which WAL lets run beside the writer. A deadline is enforced inside SQLite itself
+(progress handler), so a call that overruns is rolled back, never left half-done.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from ..domain import rules
+from ..domain.errors import NotFound, Unavailable
+from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus, Section
+from ..ports import EdgeSnapshot
+
+T = TypeVar("T")
+
+MIGRATIONS: list[str] = [
+    # 1: the whole first schema
+    """
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        venue TEXT,
+        starts_at TEXT,
+        sections TEXT NOT NULL,
+        capacity INTEGER NOT NULL,
+        max_per_user INTEGER NOT NULL,
+        hold_seconds INTEGER NOT NULL,
+        available INTEGER NOT NULL,
+        held INTEGER NOT NULL DEFAULT 0,
+        sold INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        CHECK (available >= 0 AND held >= 0 AND sold >= 0 AND available + held + sold = capacity)
+    );
+    CREATE TABLE seats (
+        event_id TEXT NOT NULL REFERENCES events(id),
+        position INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        section TEXT NOT NULL,
+        row INTEGER NOT NULL,
+        number INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'available' CHECK (status IN ('available', 'held', 'sold')),
+        booking_id TEXT,
+        user_id TEXT,
+        PRIMARY KEY (event_id, position),
+        UNIQUE (event_id, id),
+        CHECK ((status = 'available') = (booking_id IS NULL))
+    ) WITHOUT ROWID;
+    CREATE INDEX seats_available ON seats(event_id, status, position);
+    CREATE INDEX seats_owner ON seats(event_id, user_id) WHERE user_id IS NOT NULL;
+    CREATE INDEX seats_booking ON seats(booking_id) WHERE booking_id IS NOT NULL;
+    CREATE TABLE bookings (
+        id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL REFERENCES events(id),
+        user_id TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        requested TEXT NOT NULL,
+        seat_ids TEXT NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT,
+        expires_at REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        idem_key TEXT,
+        fingerprint TEXT
+    );
+    CREATE UNIQUE INDEX bookings_idem ON bookings(event_id, idem_key) WHERE idem_key IS NOT NULL;
+    CREATE INDEX bookings_status ON bookings(status, expires_at);
+    CREATE INDEX bookings_event ON bookings(event_id);
+    """,
+]
+
+_BOOKING_COLUMNS = (
+    "id, event_id, user_id, quantity, requested, seat_ids, status, reason, expires_at, "
+    "created_at, updated_at, idem_key, fingerprint"
+)
+_EVENT_COLUMNS = (
+    "id, name, venue, starts_at, sections, max_per_user, hold_seconds, created_at, available, held, sold"
+)
+
+
+def _booking(row: Sequence[Any]) -> Booking:
+    return Booking(
+        id=row[0],
+        event_id=row[1],
+        user_id=row[2],
+        quantity=row[3],
+        requested_seats=tuple(json.loads(row[4])),
+        seat_ids=tuple(json.loads(row[5])),
+        status=BookingStatus(row[6]),
+        reason=row[7],
+        expires_at=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+        idempotency_key=row[11],
+        fingerprint=row[12],
+    )
+
+
+def _event(row: Sequence[Any]) -> Event:
+    sections = tuple(Section(**s) for s in json.loads(row[4]))
+    return Event(
+        id=row[0],
+        name=row[1],
+        venue=row[2],
+        starts_at=row[3],
+        sections=sections,
+        max_per_user=row[5],
+        hold_seconds=row[6],
+        created_at=row[7],
+        counts=Counts(available=row[8], held=row[9], sold=row[10]),
+    )
+
+
+class _Conn:
+    """A SQLite connection used from one worker thread at a time, with a per-call deadline."""
+
+    def __init__(self, path: Path, *, readonly: bool) -> None:
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        if readonly:
+            self.db.execute("PRAGMA query_only=ON")
+        self.deadline = float("inf")
+        self.db.set_progress_handler(self._overdue, 2000)
+        self.limiter = trio.CapacityLimiter(1)
+
+    def _overdue(self) -> int:
+        return 1 if time.monotonic() > self.deadline else 0
+
+
+class SqliteStore:
+    """The Store port on SQLite; see the module docstring."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path, *, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._writer: _Conn | None = None
+        self._reader: _Conn | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await trio.to_thread.run_sync(lambda: _Conn(self.path, readonly=False))
+        await self._write(self._migrate)
+        self._reader = await trio.to_thread.run_sync(lambda: _Conn(self.path, readonly=True))
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                async with conn.limiter:
+                    conn.db.close()
+        self._reader = self._writer = None
+
+    async def ping(self) -> None:
+        await self._read(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def _run(self, conn: _Conn | None, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        if conn is None:
+            raise Unavailable("the store is not open", component="store")
+
+        def call() -> T:
+            conn.deadline = time.monotonic() + self.timeout
+            try:
+                if not write:
+                    return fn(conn.db)
+                conn.db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn.db)
+                except BaseException:
+                    conn.db.execute("ROLLBACK")
+                    raise
+                conn.db.execute("COMMIT")
+                return result
+            finally:
+                conn.deadline = float("inf")
+
+        try:
+            with trio.fail_after(self.timeout + 1.0):
+                return await trio.to_thread.run_sync(call, limiter=conn.limiter)
+        except trio.TooSlowError:
+            raise Unavailable("the store did not answer in time", component="store") from None
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise Unavailable(f"the store failed: {exc}", component="store") from None
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._writer, fn, write=True)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._reader, fn, write=False)
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for version, script in enumerate(MIGRATIONS, start=1):
+            if version > current:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+    # ------------------------------------------------------------------ events and seats
+    async def create_event(self, event: Event) -> Event:
+        sections = json.dumps([{"name": s.name, "rows": s.rows, "seats_per_row": s.seats_per_row,
+                                "price_cents": s.price_cents} for s in event.sections])
+
+        def tx(db: sqlite3.Connection) -> None:
+            seq = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+            db.execute(
+                "INSERT INTO events (id, seq, name, venue, starts_at, sections, capacity, max_per_user, "
+                "hold_seconds, available, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (event.id, seq, event.name, event.venue, event.starts_at, sections, event.capacity,
+                 event.max_per_user, event.hold_seconds, event.capacity, event.created_at),
+            )
+            db.executemany(
+                "INSERT INTO seats (event_id, position, id, section, row, number) VALUES (?,?,?,?,?,?)",
+                ((event.id, r.position, r.id, r.section, r.row, r.number) for r in rules.seat_map(event)),
+            )
+
+        await self._write(tx)
+        return event.with_counts(Counts(event.capacity, 0, 0))
+
+    async def get_event(self, event_id: str) -> Event | None:
+        row = await self._read(
+            lambda db: db.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,)).fetchone()
+        )
+        return _event(row) if row else None
+
+    async def list_events(self) -> list[Event]:
+        rows = await self._read(
+            lambda db: db.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq").fetchall()
+        )
+        return [_event(r) for r in rows]
+
+    async def seats(self, event_id: str) -> list[Seat]:
+        rows = await self._read(
+            lambda db: db.execute(
+                "SELECT id, section, row, number, position, status FROM seats WHERE event_id = ? ORDER BY position",
+                (event_id,),
+            ).fetchall()
+        )
+        return [Seat(r[0], r[1], r[2], r[3], r[4], SeatStatus(r[5])) for r in rows]
+
+    # ------------------------------------------------------------------ bookings
+    async def get_booking(self, booking_id: str) -> Booking | None:
+        row = await self._read(
+            lambda db: db.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ?", (booking_id,)).fetchone()
+        )
+        return _booking(row) if row else None
+
+    async def bookings_of_event(self, event_id: str) -> list[Booking]:
+        rows = await self._read(
+            lambda db: db.execute(
+                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = ? ORDER BY created_at", (event_id,)
+            ).fetchall()
+        )
+        return [_booking(r) for r in rows]
+
+    async def find_idempotent(self, event_id: str, keys: Sequence[str]) -> dict[str, Booking]:
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        rows = await self._read(
+            lambda db: db.execute(
+                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = ? AND idem_key IN ({marks})",
+                (event_id, *keys),
+            ).fetchall()
+        )
+        return {r[11]: _booking(r) for r in rows}
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, b: Booking) -> Booking | None:
+        """Insert one booking; on a repeated Idempotency-Key return the booking that holds the key."""
+        try:
+            db.execute(
+                f"INSERT INTO bookings ({_BOOKING_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (b.id, b.event_id, b.user_id, b.quantity, json.dumps(list(b.requested_seats)),
+                 json.dumps(list(b.seat_ids)), b.status.value, b.reason, b.expires_at, b.created_at,
+                 b.updated_at, b.idempotency_key, b.fingerprint),
+            )
+        except sqlite3.IntegrityError:
+            if b.idempotency_key is None:
+                raise
+            row = db.execute(
+                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = ? AND idem_key = ?",
+                (b.event_id, b.idempotency_key),
+            ).fetchone()
+            if row is None:
+                raise
+            return _booking(row)
+        return None
+
+    async def insert_pending(self, bookings: Sequence[Booking]) -> list[Booking | None]:
+        return await self._write(lambda db: [self._insert(db, b) for b in bookings])
+
+    async def pending_bookings(self, limit: int) -> list[Booking]:
+        rows = await self._read(
+            lambda db: db.execute(
+                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'pending' ORDER BY created_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [_booking(r) for r in rows]
+
+    async def decide(self, bookings: Sequence[Booking], now: float, *, insert: bool = False) -> list[Booking]:
+        return await self._write(lambda db: self._decide(db, bookings, now, insert))
+
+    def _decide(self, db: sqlite3.Connection, bookings: Sequence[Booking], now: float, insert: bool) -> list[Booking]:
+        events: dict[str, Event] = {}
+        pickers: dict[str, rules.SeatPicker] = {}
+        owned: dict[tuple[str, str], int] = {}
+        out: list[Booking] = []
+        for booking in bookings:
+            if insert:
+                existing = self._insert(db, booking)
+                if existing is not None:
+                    out.append(existing)
+                    continue
+            row = db.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ?", (booking.id,)).fetchone()
+            if row is None:
+                raise NotFound(f"booking {booking.id} is not in the store")
+            current = _booking(row)
+            if current.status is not BookingStatus.PENDING:
+                out.append(current)  # decided before (a redelivery): the first decision stands
+                continue
+            event = events.get(current.event_id)
+            if event is None:
+                erow = db.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (current.event_id,)).fetchone()
+                event = events[current.event_id] = _event(erow)
+                pickers[event.id] = rules.SeatPicker(
+                    SeatRef(r[0], r[1], r[2], r[3], r[4])
+                    for r in db.execute(
+                        "SELECT id, section, row, number, position FROM seats "
+                        "WHERE event_id = ? AND status = 'available' ORDER BY position",
+                        (event.id,),
+                    )
+                )
+            key = (current.event_id, current.user_id)
+            if key not in owned:
+                owned[key] = db.execute(
+                    "SELECT count(*) FROM seats WHERE event_id = ? AND user_id = ?", key
+                ).fetchone()[0]
+            decision = rules.decide(current, event, owned[key], pickers[event.id])
+            decided = rules.apply_decision(current, event, decision, now)
+            if decision.held:
+                changed = 0
+                for seat in decision.seats:
+                    changed += db.execute(
+                        "UPDATE seats SET status = 'held', booking_id = ?, user_id = ? "
+                        "WHERE event_id = ? AND id = ? AND status = 'available'",
+                        (current.id, current.user_id, current.event_id, seat),
+                    ).rowcount
+                if changed != len(decision.seats):  # the picker disagrees with the rows: refuse the batch
+                    raise sqlite3.OperationalError(f"seat rows changed under booking {current.id}")
+                db.execute(
+                    "UPDATE events SET available = available - ?, held = held + ? WHERE id = ?",
+                    (changed, changed, current.event_id),
+                )
+                owned[key] += changed
+            db.execute(
+                "UPDATE bookings SET status = ?, reason = ?, seat_ids = ?, expires_at = ?, updated_at = ? "
+                "WHERE id = ? AND status = 'pending'",
+                (decided.status.value, decided.reason, json.dumps(list(decided.seat_ids)), decided.expires_at,
+                 now, current.id),
+            )
+            out.append(decided)
+        return out
+
+    def _load(self, db: sqlite3.Connection, booking_id: str) -> Booking:
+        row = db.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ?", (booking_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"booking {booking_id} does not exist")
+        return _booking(row)
+
+    async def confirm(self, booking_id: str, now: float) -> tuple[Booking, bool]:
+        def tx(db: sqlite3.Connection) -> tuple[Booking, bool]:
+            booking = self._load(db, booking_id)
+            if not rules.check_confirm(booking, now):
+                return booking, False
+            n = db.execute(
+                "UPDATE seats SET status = 'sold' WHERE booking_id = ? AND status = 'held'", (booking_id,)
+            ).rowcount
+            db.execute("UPDATE events SET held = held - ?, sold = sold + ? WHERE id = ?", (n, n, booking.event_id))
+            db.execute(
+                "UPDATE bookings SET status = 'confirmed', updated_at = ? WHERE id = ? AND status = 'held'",
+                (now, booking_id),
+            )
+            return replace(booking, status=BookingStatus.CONFIRMED, updated_at=now), True
+
+        return await self._write(tx)
+
+    @staticmethod
+    def _release(db: sqlite3.Connection, booking: Booking, status: BookingStatus, now: float) -> Booking:
+        n = db.execute(
+            "UPDATE seats SET status = 'available', booking_id = NULL, user_id = NULL "
+            "WHERE booking_id = ? AND status = 'held'",
+            (booking.id,),
+        ).rowcount
+        db.execute("UPDATE events SET held = held - ?, available = available + ? WHERE id = ?",
+                   (n, n, booking.event_id))
+        db.execute(
+            "UPDATE bookings SET status = ?, updated_at = ? WHERE id = ? AND status = 'held'",
+            (status.value, now, booking.id),
+        )
+        return replace(booking, status=status, updated_at=now)
+
+    async def cancel(self, booking_id: str, now: float) -> Booking:
+        def tx(db: sqlite3.Connection) -> Booking:
+            booking = self._load(db, booking_id)
+            rules.check_cancel(booking)
+            return self._release(db, booking, BookingStatus.CANCELLED, now)
+
+        return await self._write(tx)
+
+    async def expire_lapsed(self, now: float, limit: int) -> list[Booking]:
+        def tx(db: sqlite3.Connection) -> list[Booking]:
+            rows = db.execute(
+                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'held' AND expires_at <= ? "
+                "ORDER BY expires_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [self._release(db, _booking(r), BookingStatus.EXPIRED, now) for r in rows]
+
+        return await self._write(tx)
+
+    async def edge_snapshot(self) -> EdgeSnapshot:
+        def read(db: sqlite3.Connection) -> EdgeSnapshot:
+            snap = EdgeSnapshot()
+            snap.events = [tuple(r) for r in db.execute("SELECT id, available, max_per_user FROM events")]
+            snap.owned = [
+                tuple(r) for r in db.execute("SELECT event_id, user_id, id FROM seats WHERE user_id IS NOT NULL")
+            ]
+            snap.pending = [
+                _booking(r)
+                for r in db.execute(
+                    f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'pending' ORDER BY created_at"
+                )
+            ]
+            return snap
+
+        return await self._write(read)  # the writer's transaction gives one consistent view
+
+    async def seat_counts(self, event_id: str) -> Counts:
+        """Counts recomputed from the seat rows (the invariant checks compare them with the event's)."""
+        rows = await self._read(
+            lambda db: db.execute(
+                "SELECT status, count(*) FROM seats WHERE event_id = ? GROUP BY status", (event_id,)
+            ).fetchall()
+        )
+        by = dict(rows)
+        return Counts(by.get("available", 0), by.get("held", 0), by.get("sold", 0))
+

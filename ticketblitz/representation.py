@@ -1,0 +1,81 @@
+"""The JSON shapes of API.md, built from domain objects. Both HTTP doors answer with these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .domain.errors import BookingError
+from .domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatStatus
+from .telemetry import iso_time
+
+COMPAT_STATUS = {SeatStatus.AVAILABLE: "AVAILABLE", SeatStatus.HELD: "LOCKED", SeatStatus.SOLD: "BOOKED"}
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    counts = event.counts or Counts(event.capacity, 0, 0)
+    return {
+        "id": event.id,
+        "name": event.name,
+        "venue": event.venue,
+        "starts_at": event.starts_at,
+        "capacity": event.capacity,
+        "max_per_user": event.max_per_user,
+        "hold_seconds": event.hold_seconds,
+        "sections": [
+            {"name": s.name, "rows": s.rows, "seats_per_row": s.seats_per_row, "price_cents": s.price_cents}
+            for s in event.sections
+        ],
+        "counts": {"available": counts.available, "held": counts.held, "sold": counts.sold},
+        "created_at": iso_time(event.created_at),
+    }
+
+
+def booking_json(booking: Booking) -> dict[str, Any]:
+    return {
+        "id": booking.id,
+        "event_id": booking.event_id,
+        "user_id": booking.user_id,
+        # while pending, the seats asked for; once decided, the seats given (none when rejected)
+        "seat_ids": list(booking.requested_seats if booking.status is BookingStatus.PENDING else booking.seat_ids),
+        "quantity": booking.quantity,
+        "status": booking.status.value,
+        "reason": booking.reason,
+        "expires_at": iso_time(booking.expires_at) if booking.expires_at is not None else None,
+        "created_at": iso_time(booking.created_at),
+        "updated_at": iso_time(booking.updated_at),
+    }
+
+
+def seat_json(seat: Seat) -> dict[str, Any]:
+    return {"id": seat.id, "section": seat.section, "row": seat.row, "number": seat.number,
+            "status": seat.status.value}
+
+
+def compat_seat_json(seat: Seat) -> dict[str, Any]:
+    return {"number": seat.position, "id": seat.id, "status": COMPAT_STATUS[seat.status]}
+
+
+def problem(status: int, code: str, title: str, detail: str, field: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "code": code, "detail": detail}
+    if field is not None:
+        body["field"] = field
+    return body
+
+
+def problem_of(error: BookingError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, problem+json body and extra headers for a domain error: the one mapping to HTTP."""
+    headers: dict[str, str] = {}
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    body = problem(error.status, error.code, error.title, error.detail, error.field)
+    component = getattr(error, "component", None)
+    if component is not None:
+        body["component"] = component
+    return error.status, body, headers
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)

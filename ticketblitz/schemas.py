@@ -1,0 +1,267 @@
+"""Declared schemas of the HTTP API: the one place where input is validated (both HTTP doors call
+`parse_body`), and the models the OpenAPI description is generated from."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .domain.errors import InvalidRequest, MalformedRequest
+from .domain.model import Event, Section, new_event_id
+from .domain.rules import MAX_SEATS_PER_EVENT, request_fingerprint
+
+M = TypeVar("M", bound=BaseModel)
+
+_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, str_max_length=4096)
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]+$"
+
+UserId = Annotated[str, Field(min_length=1, max_length=64, pattern=_NO_CONTROL, examples=["u-42"])]
+SeatIdStr = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9]{1,16}-[1-9][0-9]{0,3}-[1-9][0-9]{0,3}$", examples=["A-1-1"])
+]
+
+
+class SectionIn(BaseModel):
+    model_config = _STRICT
+    name: str = Field(pattern=r"^[A-Za-z0-9]{1,16}$", description="1..16 chars of [A-Za-z0-9], unique in the event")
+    rows: int = Field(ge=1, le=1000)
+    seats_per_row: int = Field(ge=1, le=1000)
+    price_cents: int = Field(default=0, ge=0, le=10**12)
+
+
+class EventIn(BaseModel):
+    """Body of POST /api/events."""
+
+    model_config = _STRICT
+    name: str = Field(min_length=1, max_length=200, pattern=_NO_CONTROL)
+    venue: str | None = Field(default=None, max_length=200)
+    starts_at: datetime | None = Field(default=None, description="RFC 3339 timestamp")
+    sections: list[SectionIn] = Field(min_length=1, max_length=50)
+    max_per_user: int = Field(default=4, ge=1, le=20)
+    hold_seconds: int = Field(default=600, ge=5, le=3600)
+
+    @model_validator(mode="after")
+    def _whole_event(self) -> EventIn:
+        names = [s.name for s in self.sections]
+        if len(set(names)) != len(names):
+            raise ValueError("sections: section names must be unique in the event")
+        total = sum(s.rows * s.seats_per_row for s in self.sections)
+        if total > MAX_SEATS_PER_EVENT:
+            raise ValueError(f"sections: {total} seats exceed the limit of {MAX_SEATS_PER_EVENT} per event")
+        if self.starts_at is not None and self.starts_at.tzinfo is None:
+            raise ValueError("starts_at: must carry a time zone offset (RFC 3339)")
+        return self
+
+    def to_event(self, now: float) -> Event:
+        starts = None
+        if self.starts_at is not None:
+            starts = self.starts_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return Event(
+            id=new_event_id(), name=self.name, venue=self.venue, starts_at=starts,
+            sections=tuple(Section(s.name, s.rows, s.seats_per_row, s.price_cents) for s in self.sections),
+            max_per_user=self.max_per_user, hold_seconds=self.hold_seconds, created_at=now,
+        )
+
+
+class BookingIn(BaseModel):
+    """Body of POST /api/events/{event_id}/bookings: exactly one of `seat_ids` or `quantity`."""
+
+    model_config = _STRICT
+    user_id: UserId
+    seat_ids: list[SeatIdStr] | None = Field(default=None, min_length=1, max_length=20)
+    quantity: int | None = Field(default=None, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> BookingIn:
+        if (self.seat_ids is None) == (self.quantity is None):
+            raise ValueError("seat_ids/quantity: give exactly one of seat_ids or quantity")
+        if self.seat_ids is not None and len(set(self.seat_ids)) != len(self.seat_ids):
+            raise ValueError("seat_ids: seat ids must be distinct")
+        return self
+
+    def fingerprint(self) -> str:
+        return request_fingerprint(self.user_id, self.seat_ids or (), self.quantity)
+
+
+class CompatBookingIn(BaseModel):
+    """Body of the original TicketBlitz routes (/api/book-async, /api/book-secure, /api/book-naive, /book)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+    userId: UserId
+    seatNumber: int = Field(ge=1, le=MAX_SEATS_PER_EVENT)
+    eventId: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class WaitQuery(BaseModel):
+    wait: float | None = Field(default=None, ge=0, le=30, description="long-poll up to N seconds (0..30)")
+
+
+class CompatEventQuery(BaseModel):
+    eventId: str | None = Field(default=None, description="defaults to the demo event, else the newest")
+
+
+class IdempotencyHeaders(BaseModel):
+    idempotency_key: str | None = Field(
+        default=None, alias="Idempotency-Key", description="1..128 printable ASCII characters"
+    )
+
+
+# ---------------------------------------------------------------- response models (documentation)
+class CountsOut(BaseModel):
+    available: int
+    held: int
+    sold: int
+
+
+class SectionOut(BaseModel):
+    name: str
+    rows: int
+    seats_per_row: int
+    price_cents: int
+
+
+class EventOut(BaseModel):
+    id: str
+    name: str
+    venue: str | None
+    starts_at: str | None
+    capacity: int
+    max_per_user: int
+    hold_seconds: int
+    sections: list[SectionOut]
+    counts: CountsOut
+    created_at: str
+
+
+class EventsOut(BaseModel):
+    events: list[EventOut]
+
+
+class SeatOut(BaseModel):
+    id: str
+    section: str
+    row: int
+    number: int
+    status: Literal["available", "held", "sold"]
+
+
+class SeatsOut(BaseModel):
+    event_id: str
+    seats: list[SeatOut]
+
+
+class BookingOut(BaseModel):
+    id: str
+    event_id: str
+    user_id: str
+    seat_ids: list[str]
+    quantity: int
+    status: Literal["pending", "held", "confirmed", "rejected", "expired", "cancelled"]
+    reason: Literal["seat_unavailable", "sold_out", "limit_exceeded"] | None
+    expires_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class Problem(BaseModel):
+    """application/problem+json (RFC 9457) with the extra member `code`."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    code: str
+    detail: str
+    field: str | None = None
+
+
+class CompatQueuedOut(BaseModel):
+    status: Literal["Pending"]
+    message: str
+    booking: BookingOut
+
+
+class CompatBookedOut(BaseModel):
+    success: bool
+    bookingId: str
+    booking: BookingOut
+
+
+class CompatSeatOut(BaseModel):
+    number: int
+    id: str
+    status: Literal["AVAILABLE", "LOCKED", "BOOKED"]
+
+
+class CompatSeatsOut(BaseModel):
+    eventId: str
+    seats: list[CompatSeatOut]
+
+
+class StatusOut(BaseModel):
+    status: str
+
+
+class ReadyOut(BaseModel):
+    status: str
+    store: str
+    queue: str
+    lock: str
+
+
+# ---------------------------------------------------------------- parsing
+def field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path or "body"
+
+
+def parse_body(model: type[M], raw: bytes) -> M:
+    """Validate a JSON body against `model`: 400 when it is not JSON, 422 naming the field otherwise."""
+    if not raw.strip():
+        raise MalformedRequest("body: a JSON object is required")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        first = errors[0]
+        if first["type"] in {"json_invalid", "json_type"}:
+            raise MalformedRequest(f"body: not valid JSON ({first['msg']})") from None
+        if first["type"] == "model_type" or (first["loc"] == () and first["type"] != "value_error"):
+            raise InvalidRequest("body: expected a JSON object", field="body") from None
+        loc = tuple(first["loc"])
+        message = str(first["msg"])
+        if first["type"] == "value_error":
+            # our model validators say "field: what is wrong"
+            message = message.removeprefix("Value error, ")
+            name = message.split(":", 1)[0] if ":" in message else field_path(loc)
+            raise InvalidRequest(message, field=name) from None
+        name = field_path(loc)
+        raise InvalidRequest(f"{name}: {message}", field=name) from None
+
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header: absent, or 1..128 printable ASCII characters (422 otherwise)."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 128 or not all(0x20 <= ord(c) <= 0x7E for c in value):
+        raise InvalidRequest("Idempotency-Key: must be 1..128 printable ASCII characters", field="Idempotency-Key")
+    return value
+
+
+def parse_wait(value: str | None) -> float:
+    """The `?wait=` query parameter: seconds 0..30."""
+    if value is None or value == "":
+        return 0.0
+    try:
+        wait = float(value)
+    except ValueError:
+        raise InvalidRequest("wait: must be a number of seconds (0..30)", field="wait") from None
+    if not 0 <= wait <= 30:
+        raise InvalidRequest("wait: must be between 0 and 30 seconds", field="wait")
+    return wait

@@ -1,0 +1,139 @@
+"""One server process under `trio.run`: the booking service's tasks and Hypercorn's Trio server
+running the Quart-Trio app, in one nursery for the serving lifetime."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import hypercorn.trio
+import trio
+from hypercorn.config import Config as HypercornConfig
+
+from .adapters.memory_locks import InProcessLocks
+from .adapters.memory_queue import InProcessQueue
+from .adapters.sqlite_store import SqliteStore
+from .config import Settings
+from .domain.model import Event, Section
+from .service import DEMO_EVENT_ID, BookingService
+from .telemetry import Telemetry
+from .web import create_app
+
+log = logging.getLogger("ticketblitz")
+
+
+def build_service(settings: Settings, clock: Callable[[], float] | None = None) -> BookingService:
+    """The booking service on the adapters the settings select."""
+    if not settings.embedded:
+        raise SystemExit(
+            "distributed mode (TICKETBLITZ_DATABASE_URL / REDIS_URL / KAFKA_BOOTSTRAP) is not available in "
+            "this version; unset them to run the embedded default"
+        )
+    store = SqliteStore(settings.db_path, timeout=settings.store_timeout)
+    queue = InProcessQueue(store)
+    locks = InProcessLocks()
+    clock = clock or time.time
+    return BookingService(settings, store, queue, locks, Telemetry(clock), clock)
+
+
+def demo_event(now: float) -> Event:
+    """The original's demo event: "The Eras Tour", 10,000 seats (section A, 100 rows x 100 seats), so that
+    `seatNumber` 1..10000 maps to A-1-1 … A-100-100 in order."""
+    return Event(
+        id=DEMO_EVENT_ID, name="The Eras Tour", venue="Demo Stadium", starts_at="2027-06-01T19:00:00Z",
+        sections=(Section("A", 100, 100, 12_000),), max_per_user=4, hold_seconds=600, created_at=now,
+    )
+
+
+async def seed_demo(service: BookingService) -> tuple[Event, bool]:
+    """Create the demo event unless it exists; (event, created)."""
+    existing = await service.store.get_event(DEMO_EVENT_ID)
+    if existing is not None:
+        return existing, False
+    return await service.create_event(demo_event(service.clock())), True
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.backlog = 4096  # a flash sale opens thousands of connections at once
+    config.graceful_timeout = settings.shutdown_grace
+    config.keep_alive_timeout = 15
+    config.h11_max_incomplete_size = 16 * 1024  # request line + headers
+    config.websocket_max_message_size = 64 * 1024
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+@dataclass(slots=True)
+class Running:
+    """Handed to whoever started the server: where it listens, and how to stop it."""
+
+    urls: list[str]
+    service: BookingService
+    stop: trio.Event
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+
+async def serve(
+    settings: Settings,
+    *,
+    service: BookingService | None = None,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until `stop` is set: then stop intake, let HTTP finish, drain the queue, exit."""
+    service = service or build_service(settings)
+    stop = stop if stop is not None else trio.Event()
+    await service.open()
+    try:
+        if settings.demo:
+            event, created = await seed_demo(service)
+            log.info("demo event %s %r (%s)", event.id, event.name, "created" if created else "present")
+        app = create_app(service)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+
+            async def shutdown_trigger() -> None:
+                await stop.wait()
+                service.accepting = False
+
+            async with trio.open_nursery() as http:
+                urls = await http.start(
+                    partial(hypercorn.trio.serve, app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger)
+                )
+                log.info("serving on %s", ", ".join(urls))
+                task_status.started(Running(urls, service, stop))
+            drained = await service.drain(settings.shutdown_grace)
+            log.info("stopped: queue %s", "drained" if drained else f"left {service.queue.depth()} pending (resumes)")
+            nursery.cancel_scope.cancel()
+    finally:
+        await service.close()
+
+
+async def serve_until_signalled(settings: Settings) -> None:
+    """`ticketblitz serve`: SIGINT/SIGTERM stop intake and drain; a second signal stops at once."""
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    if stop.is_set():
+                        log.warning("second signal: stopping now")
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("%s: stopping intake, draining", signal.Signals(signum).name)
+                    stop.set()
+
+        nursery.start_soon(watch_signals)
+        await serve(settings, stop=stop)
+        nursery.cancel_scope.cancel()

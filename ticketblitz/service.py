@@ -1,0 +1,492 @@
+"""The booking service: plain Trio code that both HTTP doors call. It owns the intake batcher, the
+consumer tasks and the hold sweeper, and talks to the store, queue and locks through their ports."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import trio
+
+from .config import Settings
+from .domain import rules
+from .domain.errors import (
+    REJECTION_ERRORS,
+    BookingError,
+    IdempotencyConflict,
+    NotFound,
+    RateLimited,
+    SeatUnavailable,
+    Unavailable,
+)
+from .domain.inventory import EdgeInventory
+from .domain.model import Booking, BookingRequest, BookingStatus, Event, Seat, SeatStatus, new_booking_id
+from .ports import BookingQueue, SeatLease, SeatLocks, Store
+from .telemetry import Telemetry
+
+log = logging.getLogger("ticketblitz.service")
+
+DEMO_EVENT_ID = "evt_demo"
+
+
+@dataclass(slots=True)
+class _Ticket:
+    """One booking request waiting in the intake batcher for its answer."""
+
+    request: BookingRequest
+    done: trio.Event = field(default_factory=trio.Event)
+    booking: Booking | None = None
+    created: bool = False
+    error: BookingError | None = None
+
+    def answer(self, booking: Booking | None = None, *, created: bool = False, error: BookingError | None = None):
+        self.booking, self.created, self.error = booking, created, error
+        self.done.set()
+
+
+class BookingService:
+    """Everything a booking needs, from intake to decision to expiry, behind a few coroutines."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        queue: BookingQueue,
+        locks: SeatLocks,
+        telemetry: Telemetry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.locks = locks
+        self.clock = clock
+        self.telemetry = telemetry or Telemetry(clock)
+        self.telemetry.queue_depth = queue.depth
+        self.edge = EdgeInventory()
+        self._events: dict[str, Event] = {}  # immutable parts of events; counts come from the store
+        self._latest_event: str | None = None
+        self._waiters: dict[str, trio.Event] = {}
+        self._intake_send, self._intake_recv = trio.open_memory_channel[_Ticket](math.inf)
+        self.accepting = False
+
+    # ================================================================== lifetime
+    async def open(self) -> None:
+        """Open the adapters, learn the events and rebuild admission from the store."""
+        await self.store.open()
+        await self.queue.open()
+        await self.locks.open()
+        for event in await self.store.list_events():
+            self._remember(event)
+        snapshot = await self.store.edge_snapshot()
+        for event_id, available, max_per_user in snapshot.events:
+            self.edge.add_event(event_id, available=available, max_per_user=max_per_user)
+        for event_id, user_id, seat in snapshot.owned:
+            self.edge.restore(event_id, user_id, (seat,))
+        for b in snapshot.pending:
+            self.edge.restore_pending(b.id, b.event_id, b.user_id, b.quantity, b.requested_seats)
+        self.accepting = True
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.locks.close()
+            await self.queue.close()
+            await self.store.close()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The background tasks of the serving lifetime: intake batcher, consumers, sweeper, telemetry."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._intake_loop, name="intake")
+            for i in range(self.settings.consumers):
+                nursery.start_soon(self._consumer_loop, i, name=f"consumer-{i}")
+            nursery.start_soon(self._sweeper_loop, name="hold-sweeper")
+            nursery.start_soon(self.telemetry.run, name="telemetry")
+            task_status.started()
+
+    async def drain(self, grace: float) -> bool:
+        """Stop intake and wait (at most `grace` s) until the queue is empty; True when it emptied."""
+        self.accepting = False
+        with trio.move_on_after(grace):
+            while self.queue.depth() > 0:  # noqa: ASYNC110 - the queue's depth has no event of its own
+                await trio.sleep(0.05)
+            return True
+        return False
+
+    # ================================================================== events
+    def _remember(self, event: Event) -> None:
+        self._events[event.id] = replace(event, counts=None)
+        if self._latest_event is None or event.created_at >= self._events[self._latest_event].created_at:
+            self._latest_event = event.id
+
+    async def create_event(self, event: Event) -> Event:
+        created = await self.store.create_event(event)
+        self._remember(created)
+        self.edge.add_event(created.id, available=created.capacity, max_per_user=created.max_per_user)
+        self.telemetry.publish("event", event_id=created.id, name=created.name, capacity=created.capacity)
+        return created
+
+    async def event(self, event_id: str) -> Event:
+        """The event with its current counts, or NotFound."""
+        event = await self.store.get_event(event_id)
+        if event is None:
+            raise NotFound(f"event {event_id} does not exist")
+        return event
+
+    async def events(self) -> list[Event]:
+        return await self.store.list_events()
+
+    async def seats(self, event_id: str) -> list[Seat]:
+        await self._known_event(event_id)
+        return await self.store.seats(event_id)
+
+    async def _known_event(self, event_id: str) -> Event:
+        event = self._events.get(event_id)
+        if event is None:
+            found = await self.store.get_event(event_id)  # created by another process
+            if found is None:
+                raise NotFound(f"event {event_id} does not exist")
+            self._remember(found)
+            if not self.edge.knows(event_id) and found.counts is not None:
+                self.edge.add_event(event_id, available=found.counts.available, max_per_user=found.max_per_user)
+            event = self._events[event_id]
+        return event
+
+    async def compat_event(self, event_id: str | None) -> Event:
+        """The event the original's routes mean: the one named, else the demo event, else the newest."""
+        if event_id is not None:
+            return await self._known_event(event_id)
+        for candidate in (DEMO_EVENT_ID, self._latest_event):
+            if candidate is not None and candidate in self._events:
+                return self._events[candidate]
+        raise NotFound("no event exists yet; create one with POST /api/events or run `ticketblitz seed`")
+
+    # ================================================================== intake
+    async def request_booking(self, request: BookingRequest) -> tuple[Booking, bool]:
+        """Queue a booking request durably. Returns (booking, created): created is False when an
+        Idempotency-Key repeat returns the earlier booking. Raises the domain error otherwise."""
+        if not self.accepting:
+            raise Unavailable("the server is shutting down; retry on another instance", component="queue")
+        ticket = _Ticket(request)
+        self._intake_send.send_nowait(ticket)
+        await ticket.done.wait()
+        if ticket.error is not None:
+            raise ticket.error
+        assert ticket.booking is not None
+        return ticket.booking, ticket.created
+
+    async def _intake_loop(self) -> None:
+        """Take every request that arrived during one tick and make them durable in one transaction."""
+        while True:
+            batch = [await self._intake_recv.receive()]
+            while len(batch) < self.settings.intake_batch:
+                try:
+                    batch.append(self._intake_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self._admit_batch(batch)
+            except Exception:
+                log.exception("intake batch failed")
+                for t in batch:
+                    if not t.done.is_set():
+                        t.answer(error=Unavailable("intake failed; nothing was accepted", component="queue"))
+
+    async def _admit_batch(self, tickets: list[_Ticket]) -> None:
+        now = self.clock()
+        accepted: list[tuple[_Ticket, Booking]] = []
+        first_of_key: dict[tuple[str, str], _Ticket] = {}
+        followers: list[tuple[_Ticket, _Ticket]] = []
+        follower_ids: set[int] = set()
+        keyed: dict[str, list[str]] = {}
+        for t in tickets:
+            try:
+                event = await self._known_event(t.request.event_id)
+                t.request = rules.fit_request_to_event(event, t.request)
+            except BookingError as exc:
+                t.answer(error=exc)
+                continue
+            key = t.request.idempotency_key
+            if key is not None:
+                first = first_of_key.get((t.request.event_id, key))
+                if first is not None:
+                    followers.append((t, first))
+                    follower_ids.add(id(t))
+                    continue
+                first_of_key[(t.request.event_id, key)] = t
+                keyed.setdefault(t.request.event_id, []).append(key)
+        try:
+            existing: dict[tuple[str, str], Booking] = {}
+            for event_id, keys in keyed.items():
+                for key, booking in (await self.store.find_idempotent(event_id, keys)).items():
+                    existing[(event_id, key)] = booking
+        except Unavailable as exc:
+            for t in tickets:
+                if not t.done.is_set() and (t.request.event_id, t.request.idempotency_key) in first_of_key:
+                    t.answer(error=exc)
+            existing = {}
+        room = self.settings.queue_limit - self.queue.depth()
+        for t in tickets:
+            if t.done.is_set() or id(t) in follower_ids:
+                continue
+            r = t.request
+            if r.idempotency_key is not None and (r.event_id, r.idempotency_key) in existing:
+                self._answer_repeat(t, existing[(r.event_id, r.idempotency_key)])
+                continue
+            if room <= 0:
+                t.answer(error=RateLimited("the booking queue is full; retry shortly", retry_after=1))
+                continue
+            booking = Booking(
+                id=new_booking_id(), event_id=r.event_id, user_id=r.user_id, quantity=r.quantity,
+                requested_seats=r.seat_ids, status=BookingStatus.PENDING, created_at=now, updated_at=now,
+                idempotency_key=r.idempotency_key, fingerprint=r.fingerprint,
+            )
+            refusal = self.edge.admit(booking.id, r.event_id, r.user_id, r.quantity, r.seat_ids,
+                                      force=r.admission == "queue")
+            if refusal is not None:
+                t.answer(error=refusal)
+                continue
+            room -= 1
+            accepted.append((t, booking))
+        if accepted:
+            await self._enqueue(accepted)
+        for follower, first in followers:
+            if first.error is not None:
+                follower.answer(error=first.error)
+            elif first.booking is not None:
+                self._answer_repeat(follower, first.booking)
+
+    async def _enqueue(self, accepted: list[tuple[_Ticket, Booking]]) -> None:
+        try:
+            results = await self.queue.enqueue([b for _, b in accepted])
+        except Unavailable as exc:
+            for t, b in accepted:
+                self.edge.withdraw(b.id)
+                t.answer(error=exc)
+            return
+        produced = 0
+        for (t, b), earlier in zip(accepted, results, strict=True):
+            if earlier is not None:  # another process or path took the key first
+                self.edge.withdraw(b.id)
+                self._answer_repeat(t, earlier)
+            else:
+                produced += 1
+                t.answer(b, created=True)
+                self.telemetry.booking(b)
+        self.telemetry.queued("produced", produced)
+
+    @staticmethod
+    def _answer_repeat(ticket: _Ticket, earlier: Booking) -> None:
+        if earlier.fingerprint != ticket.request.fingerprint:
+            ticket.answer(error=IdempotencyConflict(
+                f"Idempotency-Key {ticket.request.idempotency_key!r} was used with a different body "
+                f"(booking {earlier.id})", field="Idempotency-Key"))
+        else:
+            ticket.answer(earlier, created=False)
+
+    # ================================================================== synchronous paths (compat)
+    async def book_now(self, request: BookingRequest, *, lock: bool) -> Booking:
+        """Decide a named-seat request at once (the original's /api/book-secure and /api/book-naive).
+
+        With `lock` the seat lock is taken first (429 when another request holds it) and the edge may
+        refuse at once; without it the store is read, then written conditionally. Either way the
+        store's conditional write is what keeps a seat single.
+        """
+        if not self.accepting:
+            raise Unavailable("the server is shutting down", component="store")
+        event = await self._known_event(request.event_id)
+        request = rules.fit_request_to_event(event, request)
+        now = self.clock()
+        booking = Booking(
+            id=new_booking_id(), event_id=request.event_id, user_id=request.user_id,
+            quantity=request.quantity, requested_seats=request.seat_ids, created_at=now, updated_at=now,
+        )
+        lease: SeatLease | None = None
+        if lock:
+            lease = await self._lock(booking)
+            if lease is None:
+                raise RateLimited(f"seat {', '.join(request.seat_ids)} is being booked by another request",
+                                  retry_after=1)
+        try:
+            if not lock:
+                seats = {s.id: s for s in await self.store.seats(request.event_id) if s.id in request.seat_ids}
+                if any(seats[s].status is not SeatStatus.AVAILABLE for s in request.seat_ids):
+                    raise SeatUnavailable(f"seat {', '.join(request.seat_ids)} is already taken")
+            refusal = self.edge.admit(booking.id, request.event_id, request.user_id, request.quantity,
+                                      request.seat_ids, force=not lock)
+            if refusal is not None:
+                raise refusal
+            try:
+                (decided,) = await self.store.decide([booking], self.clock(), insert=True)
+            except BaseException:
+                self.edge.withdraw(booking.id)
+                raise
+            self._after_decision([decided])
+        finally:
+            if lease is not None:
+                await self._unlock(lease)
+        if decided.status is BookingStatus.REJECTED:
+            raise REJECTION_ERRORS[decided.reason or "seat_unavailable"](
+                f"seat {', '.join(request.seat_ids)} is already taken"
+                if decided.reason == "seat_unavailable"
+                else f"booking refused: {decided.reason}"
+            )
+        return decided
+
+    # ================================================================== reads and transitions
+    async def booking(self, booking_id: str, wait: float = 0.0) -> Booking:
+        """The booking; with `wait` > 0, long-poll until it leaves `pending` or the time is up."""
+        booking = await self.store.get_booking(booking_id)
+        if booking is None:
+            raise NotFound(f"booking {booking_id} does not exist")
+        if booking.status is not BookingStatus.PENDING or wait <= 0:
+            return booking
+        with trio.move_on_after(min(wait, self.settings.max_wait)):
+            while booking.status is BookingStatus.PENDING:
+                waiter = self._waiters.setdefault(booking_id, trio.Event())
+                with trio.move_on_after(0.5):  # decided by another process: we learn it from the store
+                    await waiter.wait()
+                booking = await self.store.get_booking(booking_id) or booking
+        return booking
+
+    async def confirm(self, booking_id: str) -> Booking:
+        booking, changed = await self.store.confirm(booking_id, self.clock())
+        if changed:
+            self.telemetry.booking(booking)
+            self.telemetry.seats(booking.event_id, booking.seat_ids, "sold")
+        return booking
+
+    async def cancel(self, booking_id: str) -> Booking:
+        booking = await self.store.cancel(booking_id, self.clock())
+        self.edge.release(booking.event_id, booking.user_id, booking.seat_ids)
+        self.telemetry.booking(booking)
+        self.telemetry.seats(booking.event_id, booking.seat_ids, "available")
+        return booking
+
+    async def expire_lapsed_holds(self) -> list[Booking]:
+        """Expire every hold past its `expires_at`; their seats become available again."""
+        expired: list[Booking] = []
+        while True:
+            chunk = await self.store.expire_lapsed(self.clock(), 500)
+            for b in chunk:
+                self.edge.release(b.event_id, b.user_id, b.seat_ids)
+                self.telemetry.holds_expired += 1
+                self.telemetry.booking(b)
+                self.telemetry.seats(b.event_id, b.seat_ids, "available")
+            expired.extend(chunk)
+            if len(chunk) < 500:
+                return expired
+
+    # ================================================================== background tasks
+    async def _sweeper_loop(self) -> None:
+        while True:
+            await trio.sleep(self.settings.sweep_interval)
+            try:
+                await self.expire_lapsed_holds()
+            except Unavailable as exc:
+                log.warning("hold sweep failed, will retry: %s", exc.detail)
+
+    async def _consumer_loop(self, index: int) -> None:
+        while True:
+            batch = await self.queue.take_batch(self.settings.consumer_batch)
+            self.telemetry.queued("consumed", len(batch), consumer=index)
+            try:
+                await self.decide_batch(batch, consumer=f"consumer-{index}")
+            except Exception:
+                # A bug or an unexpected fault: the batch stays queued (never dropped) and is tried again.
+                log.exception("consumer-%d failed on a batch of %d; retrying it", index, len(batch))
+                await self.queue.retry(batch)
+                await trio.sleep(1.0)
+
+    async def decide_batch(self, batch: Sequence[Booking], consumer: str = "consumer") -> None:
+        """Lock named seats, decide the batch in one store transaction, ack, unlock, publish."""
+        leases: list[SeatLease] = []
+        ready: list[Booking] = []
+        later: list[Booking] = []
+        try:
+            try:
+                for booking in batch:
+                    if not booking.requested_seats:
+                        ready.append(booking)
+                        continue
+                    lease = await self._lock(booking, owner=consumer, wait=self.settings.lock_timeout)
+                    if lease is None:
+                        later.append(booking)
+                    else:
+                        leases.append(lease)
+                        ready.append(booking)
+            except Unavailable as exc:
+                log.warning("seat locks unavailable, retrying a batch of %d: %s", len(batch), exc.detail)
+                await self.queue.retry(batch)
+                await trio.sleep(0.2)
+                return
+            try:
+                decided = await self.store.decide(ready, self.clock()) if ready else []
+            except Unavailable as exc:
+                log.warning("store refused a batch of %d, retrying: %s", len(ready), exc.detail)
+                await self.queue.retry(ready)
+                await trio.sleep(0.2)
+                decided = []
+            else:
+                await self.queue.ack(ready)
+        finally:
+            for lease in leases:
+                await self._unlock(lease)
+        if later:
+            await self.queue.retry(later)
+        self._after_decision(decided)
+
+    def _after_decision(self, decided: Sequence[Booking]) -> None:
+        for b in decided:
+            if not self.edge.has_reservation(b.id):
+                continue  # decided earlier and already settled (a redelivery)
+            held = b.seat_ids if b.status is BookingStatus.HELD else ()
+            self.edge.settle(b.id, held)
+            self.telemetry.booking(b)
+            if held:
+                self.telemetry.seats(b.event_id, held, "held")
+            waiter = self._waiters.pop(b.id, None)
+            if waiter is not None:
+                waiter.set()
+
+    async def _lock(self, booking: Booking, *, owner: str | None = None, wait: float = 0.0) -> SeatLease | None:
+        """Seat locks for a named booking, retrying for `wait` seconds; None when still contended."""
+        owner = owner or booking.user_id
+        seats = booking.requested_seats
+        self.telemetry.lock("attempt", booking.event_id, seats, owner)
+        deadline = trio.current_time() + wait
+        while True:
+            try:
+                with trio.fail_after(self.settings.lock_timeout):
+                    lease = await self.locks.acquire(booking.event_id, seats, owner, self.settings.lock_ttl_ms)
+            except trio.TooSlowError:
+                raise Unavailable("the lock service did not answer in time", component="lock") from None
+            if lease is not None:
+                self.telemetry.lock("acquired", booking.event_id, seats, owner)
+                return lease
+            self.telemetry.lock("contended", booking.event_id, seats, owner)
+            if trio.current_time() >= deadline:
+                return None
+            await trio.sleep(0.01)
+
+    async def _unlock(self, lease: SeatLease) -> None:
+        # Shielded so that a shutdown still unlocks; the deadline inside bounds a stuck lock service.
+        with trio.CancelScope(shield=True), trio.move_on_after(self.settings.lock_timeout) as scope:
+            await self.locks.release(lease)
+        action = "expired" if scope.cancelled_caught else "released"
+        self.telemetry.lock(action, lease.event_id, lease.seats, lease.owner)
+
+    # ================================================================== health
+    async def readiness(self) -> dict[str, str]:
+        """Which of store, queue and lock answer now ('ok' or the error)."""
+        status: dict[str, str] = {}
+        for name, port in (("store", self.store), ("queue", self.queue), ("lock", self.locks)):
+            try:
+                with trio.fail_after(2.0):
+                    await port.ping()
+                status[name] = "ok"
+            except (trio.TooSlowError, BookingError, OSError) as exc:
+                status[name] = f"unreachable: {exc}"
+        return status

@@ -1,0 +1,114 @@
+"""Shared fixtures: a whole TicketBlitz server in the test's nursery, on a real port, per adapter set.
+
+The contract and race suites are written against `Harness` only (HTTP + the service's store for the
+invariant checks), so the same tests run against every adapter set and, later, every HTTP door.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from ticketblitz.config import Settings
+from ticketblitz.server import Running, build_service, serve
+from ticketblitz.service import BookingService
+
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+ADAPTER_SETS = ["embedded"]
+
+
+class FakeClock:
+    """The service's wall clock, moved by hand: hold expiry without waiting minutes."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Harness:
+    url: str
+    client: httpx.AsyncClient
+    service: BookingService
+    clock: FakeClock
+    running: Running
+
+    async def create_event(self, *, sections: list[dict[str, Any]] | None = None, rows: int = 10,
+                           seats_per_row: int = 10, max_per_user: int = 4, hold_seconds: int = 600,
+                           name: str = "Test night") -> dict[str, Any]:
+        body = {"name": name, "sections": sections or [{"name": "A", "rows": rows, "seats_per_row": seats_per_row,
+                                                        "price_cents": 5000}],
+                "max_per_user": max_per_user, "hold_seconds": hold_seconds}
+        r = await self.client.post("/api/events", json=body, headers=ADMIN)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def book(self, event_id: str, body: dict[str, Any], key: str | None = None) -> httpx.Response:
+        headers = {"Idempotency-Key": key} if key is not None else {}
+        return await self.client.post(f"/api/events/{event_id}/bookings", json=body, headers=headers)
+
+    async def settle(self, booking_id: str, wait: float = 10.0) -> dict[str, Any]:
+        """The booking once it left `pending` (fails the test if it does not within `wait` s)."""
+        r = await self.client.get(f"/api/bookings/{booking_id}", params={"wait": wait})
+        assert r.status_code == 200, r.text
+        booking = r.json()
+        assert booking["status"] != "pending", f"booking {booking_id} still pending after {wait}s"
+        return booking
+
+    async def settle_all(self, ids: list[str]) -> list[dict[str, Any]]:
+        results: dict[str, dict[str, Any]] = {}
+
+        async def one(i: str) -> None:
+            results[i] = await self.settle(i, wait=30.0)
+
+        async with trio.open_nursery() as n:
+            for i in ids:
+                n.start_soon(one, i)
+        return [results[i] for i in ids]
+
+    async def event(self, event_id: str) -> dict[str, Any]:
+        r = await self.client.get(f"/api/events/{event_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def make_settings(tmp_path: Any, adapter_set: str, **changes: Any) -> Settings:
+    assert adapter_set == "embedded"
+    base = dict(port=0, data_dir=str(tmp_path / "data"), admin_token=ADMIN_TOKEN, sweep_interval=0.05,
+                shutdown_grace=2.0)
+    base.update(changes)
+    return Settings(**base)
+
+
+@pytest.fixture(params=ADAPTER_SETS)
+def adapter_set(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(tmp_path: Any, adapter_set: str) -> Settings:
+    return make_settings(tmp_path, adapter_set)
+
+
+@pytest.fixture
+async def harness(settings: Settings, nursery: trio.Nursery) -> AsyncIterator[Harness]:
+    clock = FakeClock()
+    service = build_service(settings, clock)
+    running: Running = await nursery.start(partial(serve, settings, service=service))
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=running.url, limits=limits, timeout=60.0) as client:
+        yield Harness(running.url, client, service, clock, running)
+    running.stop.set()

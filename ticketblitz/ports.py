@@ -21,27 +21,65 @@ class EdgeSnapshot:
 
 
 class Store(Protocol):
-    """The source of truth. Every method is one transaction; writes are conditional."""
+    """The source of truth. Every method is one transaction; writes are conditional. Errors of the
+    backend (timeouts, lost connections) surface as `Unavailable(component="store")`."""
 
     name: str
 
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Connect and run the versioned migrations."""
+
     async def close(self) -> None: ...
-    async def ping(self) -> None: ...
-    async def create_event(self, event: Event) -> Event: ...
-    async def get_event(self, event_id: str) -> Event | None: ...
-    async def list_events(self) -> list[Event]: ...
-    async def seats(self, event_id: str) -> list[Seat]: ...
+
+    async def ping(self) -> None:
+        """Raise unless the backend answers now."""
+
+    async def create_event(self, event: Event) -> Event:
+        """Insert the event and one row per seat (map order); returns it with counts all available."""
+
+    async def get_event(self, event_id: str) -> Event | None:
+        """The event with its current counts."""
+
+    async def list_events(self) -> list[Event]:
+        """Every event in creation order, with counts."""
+
+    async def seats(self, event_id: str) -> list[Seat]:
+        """The seat map in order, with each seat's status."""
+
     async def get_booking(self, booking_id: str) -> Booking | None: ...
-    async def bookings_of_event(self, event_id: str) -> list[Booking]: ...
-    async def find_idempotent(self, event_id: str, keys: Sequence[str]) -> dict[str, Booking]: ...
-    async def insert_pending(self, bookings: Sequence[Booking]) -> list[Booking | None]: ...
-    async def pending_bookings(self, limit: int) -> list[Booking]: ...
-    async def decide(self, bookings: Sequence[Booking], now: float, *, insert: bool = False) -> list[Booking]: ...
-    async def confirm(self, booking_id: str, now: float) -> tuple[Booking, bool]: ...
-    async def cancel(self, booking_id: str, now: float) -> Booking: ...
-    async def expire_lapsed(self, now: float, limit: int) -> list[Booking]: ...
-    async def edge_snapshot(self) -> EdgeSnapshot: ...
+
+    async def bookings_of_event(self, event_id: str) -> list[Booking]:
+        """Every booking of the event (tests and invariant checks)."""
+
+    async def find_idempotent(self, event_id: str, keys: Sequence[str]) -> dict[str, Booking]:
+        """Bookings of the event holding these Idempotency-Keys, by key."""
+
+    async def insert_pending(self, bookings: Sequence[Booking]) -> list[Booking | None]:
+        """Insert pending bookings in one transaction. Per booking: None when inserted, else the stored
+        booking that already has its id or its (event, Idempotency-Key)."""
+
+    async def pending_bookings(self, limit: int) -> list[Booking]:
+        """Bookings still pending, oldest first (the embedded queue resumes from them)."""
+
+    async def decide(self, bookings: Sequence[Booking], now: float, *, insert: bool = False) -> list[Booking]:
+        """Decide pending bookings in one transaction, in order, with `rules.decide`: claim seats by
+        conditional writes (`status = 'available'`), hold them until now + hold_seconds, or reject with
+        a reason. A booking no longer pending is returned as stored (a redelivery changes nothing).
+        With `insert`, bookings not yet stored are inserted first (an id already stored is not an
+        error); one whose Idempotency-Key belongs to another booking yields that other booking."""
+
+    async def confirm(self, booking_id: str, now: float) -> tuple[Booking, bool]:
+        """Held and not lapsed → confirmed, seats sold; (booking, changed). Confirmed → (booking, False).
+        Otherwise InvalidTransition; unknown id → NotFound."""
+
+    async def cancel(self, booking_id: str, now: float) -> Booking:
+        """Held → cancelled, seats available. Otherwise InvalidTransition; unknown id → NotFound."""
+
+    async def expire_lapsed(self, now: float, limit: int) -> list[Booking]:
+        """Up to `limit` held bookings with expires_at <= now → expired, seats available; returns them."""
+
+    async def edge_snapshot(self) -> EdgeSnapshot:
+        """One consistent view for rebuilding edge admission."""
 
 
 class BookingQueue(Protocol):

@@ -288,7 +288,7 @@ class SqliteStore:
 
     @staticmethod
     def _insert(db: sqlite3.Connection, b: Booking) -> Booking | None:
-        """Insert one booking; on a repeated Idempotency-Key return the booking that holds the key."""
+        """Insert one booking; when its id or its Idempotency-Key is already stored, return that booking."""
         try:
             db.execute(
                 f"INSERT INTO bookings ({_BOOKING_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -297,11 +297,10 @@ class SqliteStore:
                  b.updated_at, b.idempotency_key, b.fingerprint),
             )
         except sqlite3.IntegrityError:
-            if b.idempotency_key is None:
-                raise
+            # the same booking delivered again, or its Idempotency-Key already taken by another booking
             row = db.execute(
-                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = ? AND idem_key = ?",
-                (b.event_id, b.idempotency_key),
+                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ? OR (event_id = ? AND idem_key = ?)",
+                (b.id, b.event_id, b.idempotency_key),
             ).fetchone()
             if row is None:
                 raise
@@ -331,8 +330,8 @@ class SqliteStore:
         for booking in bookings:
             if insert:
                 existing = self._insert(db, booking)
-                if existing is not None:
-                    out.append(existing)
+                if existing is not None and existing.id != booking.id:
+                    out.append(existing)  # its Idempotency-Key belongs to an earlier booking
                     continue
             row = db.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ?", (booking.id,)).fetchone()
             if row is None:

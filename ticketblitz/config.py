@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -82,8 +84,9 @@ class Settings:
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes: must be at least 1024")
         for name in ("store_timeout", "lock_timeout", "sweep_interval", "shutdown_grace", "max_wait"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be positive")
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name}: must be a positive, finite number of seconds")
         for name in ("queue_limit", "intake_batch", "consumers", "consumer_batch", "lock_ttl_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
@@ -110,6 +113,8 @@ class Settings:
 
 
 def _mask(value: str) -> str:
+    if "password=" in value:
+        value = re.sub(r"(password=)[^&\s]*", r"\1***", value)
     if "://" in value and "@" in value:
         scheme, rest = value.split("://", 1)
         creds, host = rest.rsplit("@", 1)

@@ -16,7 +16,7 @@ class EdgeSnapshot:
     held or sold per (event, user), and the bookings still pending."""
 
     events: list[tuple[str, int, int]] = field(default_factory=list)  # (event_id, available, max_per_user)
-    owned: list[tuple[str, str, str]] = field(default_factory=list)  # (event_id, user_id, seat_id)
+    owned: list[tuple[str, str, str, str]] = field(default_factory=list)  # (event_id, user_id, seat_id, booking_id)
     pending: list[Booking] = field(default_factory=list)
 
 
@@ -106,7 +106,14 @@ class SeatLocks(Protocol):
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
     async def acquire(self, event_id: str, seats: Sequence[str], owner: str, ttl_ms: int) -> SeatLease | None: ...
-    async def release(self, lease: SeatLease) -> None: ...
+    async def acquire_each(
+        self, event_id: str, seats: Sequence[str], owner: str, ttl_ms: int
+    ) -> dict[str, SeatLease]:
+        """Lock each seat on its own, in one round trip; the leases of the seats that were free."""
+        ...
+
+    async def release(self, lease: SeatLease) -> None:
+        """Compare-and-delete: frees the seats only while they still carry the lease's token."""
 
 
 @dataclass(frozen=True, slots=True)

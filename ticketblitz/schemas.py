@@ -50,8 +50,15 @@ class EventIn(BaseModel):
         total = sum(s.rows * s.seats_per_row for s in self.sections)
         if total > MAX_SEATS_PER_EVENT:
             raise ValueError(f"sections: {total} seats exceed the limit of {MAX_SEATS_PER_EVENT} per event")
-        if self.starts_at is not None and self.starts_at.tzinfo is None:
-            raise ValueError("starts_at: must carry a time zone offset (RFC 3339)")
+        if self.starts_at is not None:
+            if self.starts_at.tzinfo is None:
+                raise ValueError("starts_at: must carry a time zone offset (RFC 3339)")
+            try:
+                utc = self.starts_at.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("starts_at: out of the representable range") from None
+            if utc.year < 1000:
+                raise ValueError("starts_at: the year must have four digits")
         return self
 
     def to_event(self, now: float) -> Event:

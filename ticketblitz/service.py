@@ -84,8 +84,8 @@ class BookingService:
         snapshot = await self.store.edge_snapshot()
         for event_id, available, max_per_user in snapshot.events:
             self.edge.add_event(event_id, available=available, max_per_user=max_per_user)
-        for event_id, user_id, seat in snapshot.owned:
-            self.edge.restore(event_id, user_id, (seat,))
+        for event_id, user_id, seat, booking_id in snapshot.owned:
+            self.edge.restore(booking_id, event_id, user_id, (seat,))
         for b in snapshot.pending:
             self.edge.restore_pending(b.id, b.event_id, b.user_id, b.quantity, b.requested_seats)
         self.accepting = True
@@ -360,7 +360,7 @@ class BookingService:
 
     async def cancel(self, booking_id: str) -> Booking:
         booking = await self.store.cancel(booking_id, self.clock())
-        self.edge.release(booking.event_id, booking.user_id, booking.seat_ids)
+        self.edge.release(booking.id, booking.event_id, booking.user_id, booking.seat_ids)
         self.telemetry.booking(booking)
         self.telemetry.seats(booking.event_id, booking.seat_ids, "available")
         return booking
@@ -371,7 +371,7 @@ class BookingService:
         while True:
             chunk = await self.store.expire_lapsed(self.clock(), 500)
             for b in chunk:
-                self.edge.release(b.event_id, b.user_id, b.seat_ids)
+                self.edge.release(b.id, b.event_id, b.user_id, b.seat_ids)
                 self.telemetry.holds_expired += 1
                 self.telemetry.booking(b)
                 self.telemetry.seats(b.event_id, b.seat_ids, "available")
@@ -402,26 +402,17 @@ class BookingService:
 
     async def decide_batch(self, batch: Sequence[Booking], consumer: str = "consumer") -> None:
         """Lock named seats, decide the batch in one store transaction, ack, unlock, publish."""
-        leases: list[SeatLease] = []
-        ready: list[Booking] = []
-        later: list[Booking] = []
+        leases: dict[tuple[str, str], SeatLease] = {}
         try:
             try:
-                for booking in batch:
-                    if not booking.requested_seats:
-                        ready.append(booking)
-                        continue
-                    lease = await self._lock(booking, owner=consumer, wait=self.settings.lock_timeout)
-                    if lease is None:
-                        later.append(booking)
-                    else:
-                        leases.append(lease)
-                        ready.append(booking)
+                await self._lock_batch(batch, consumer, leases)
             except Unavailable as exc:
                 log.warning("seat locks unavailable, retrying a batch of %d: %s", len(batch), exc.detail)
                 await self.queue.retry(batch)
                 await trio.sleep(0.2)
                 return
+            ready = [b for b in batch if all((b.event_id, s) in leases for s in b.requested_seats)]
+            later = [b for b in batch if not all((b.event_id, s) in leases for s in b.requested_seats)]
             try:
                 decided = await self.store.decide(ready, self.clock()) if ready else []
             except Unavailable as exc:
@@ -432,11 +423,44 @@ class BookingService:
             else:
                 await self.queue.ack(ready)
         finally:
-            for lease in leases:
+            for lease in leases.values():
                 await self._unlock(lease)
         if later:
             await self.queue.retry(later)
         self._after_decision(decided)
+
+    async def _lock_batch(self, batch: Sequence[Booking], owner: str, leases: dict[tuple[str, str], SeatLease]) -> None:
+        """Lock every seat named in the batch once (bookings of one batch share a seat's lock), retrying
+        contended seats for up to lock_timeout; what stays contended is left out of `leases`."""
+        wanted: dict[str, set[str]] = {}
+        for b in batch:
+            if b.requested_seats:
+                wanted.setdefault(b.event_id, set()).update(b.requested_seats)
+        if not wanted:
+            return
+        deadline = trio.current_time() + self.settings.lock_timeout
+        while True:
+            contended = 0
+            for event_id, seats in wanted.items():
+                missing = sorted(s for s in seats if (event_id, s) not in leases)
+                if not missing:
+                    continue
+                self.telemetry.lock("attempt", event_id, missing, owner)
+                try:
+                    with trio.fail_after(self.settings.lock_timeout):
+                        got = await self.locks.acquire_each(event_id, missing, owner, self.settings.lock_ttl_ms)
+                except trio.TooSlowError:
+                    raise Unavailable("the lock service did not answer in time", component="lock") from None
+                for seat, lease in got.items():
+                    leases[(event_id, seat)] = lease
+                if got:
+                    self.telemetry.lock("acquired", event_id, sorted(got), owner)
+                if len(got) < len(missing):
+                    contended += len(missing) - len(got)
+                    self.telemetry.lock("contended", event_id, [s for s in missing if s not in got], owner)
+            if not contended or trio.current_time() >= deadline:
+                return
+            await trio.sleep(0.01)
 
     def _after_decision(self, decided: Sequence[Booking]) -> None:
         for b in decided:

@@ -151,7 +151,7 @@ async def test_hold_expires_and_seats_return(harness: Harness) -> None:
     r = await harness.client.post(f"/api/bookings/{booking['id']}/confirm")
     assert r.status_code == 409 and r.json()["code"] == "invalid_transition"
     with trio.fail_after(10):  # the sweeper runs every 50 ms in tests
-        while (await harness.client.get(f"/api/bookings/{booking['id']}")).json()["status"] != "expired":
+        while (await harness.client.get(f"/api/bookings/{booking['id']}")).json()["status"] != "expired":  # noqa: ASYNC110
             await trio.sleep(0.02)
     summary = await check_invariants(harness, event["id"])
     assert summary["counts"]["available"] == 100

@@ -42,6 +42,22 @@ class InProcessLocks:
         self._fence += 1
         return SeatLease(event_id, tuple(sorted(seats)), owner, token, self._fence, expires)
 
+    async def acquire_each(
+        self, event_id: str, seats: Sequence[str], owner: str, ttl_ms: int
+    ) -> dict[str, SeatLease]:
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        leases = {}
+        for seat in seats:
+            held = self._held.get((event_id, seat))
+            if held is not None and held[1] > now:
+                continue
+            token = secrets.token_hex(8)
+            self._fence += 1
+            self._held[(event_id, seat)] = (token, now + ttl_ms / 1000)
+            leases[seat] = SeatLease(event_id, (seat,), owner, token, self._fence, now + ttl_ms / 1000)
+        return leases
+
     async def release(self, lease: SeatLease) -> None:
         """Compare-and-delete: only the holder of the token frees the seat."""
         await trio.lowlevel.checkpoint()

@@ -445,7 +445,8 @@ class SqliteStore:
             snap = EdgeSnapshot()
             snap.events = [tuple(r) for r in db.execute("SELECT id, available, max_per_user FROM events")]
             snap.owned = [
-                tuple(r) for r in db.execute("SELECT event_id, user_id, id FROM seats WHERE user_id IS NOT NULL")
+                tuple(r)
+                for r in db.execute("SELECT event_id, user_id, id, booking_id FROM seats WHERE user_id IS NOT NULL")
             ]
             snap.pending = [
                 _booking(r)

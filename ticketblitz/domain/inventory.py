@@ -25,11 +25,11 @@ class Reservation:
 
 @dataclass(slots=True)
 class EventStock:
-    """Per event: seats not yet promised, seats known taken, seats promised per user."""
+    """Per event: seats not yet promised, seats known taken (by which booking), seats promised per user."""
 
     remaining: int
     max_per_user: int
-    taken: set[str] = field(default_factory=set)
+    taken: dict[str, str] = field(default_factory=dict)
     per_user: dict[str, int] = field(default_factory=dict)
 
 
@@ -83,7 +83,7 @@ class EdgeInventory:
     def _reserve(self, booking_id: str, reservation: Reservation) -> None:
         stock = self._events[reservation.event_id]
         stock.remaining -= reservation.quantity
-        stock.taken.update(reservation.seats)
+        stock.taken.update(dict.fromkeys(reservation.seats, booking_id))
         stock.per_user[reservation.user_id] = stock.per_user.get(reservation.user_id, 0) + reservation.quantity
         self._reservations[booking_id] = reservation
 
@@ -104,26 +104,33 @@ class EdgeInventory:
         if stock is None:
             return
         stock.remaining += reservation.quantity - len(held)
-        stock.taken.difference_update(reservation.seats)
-        stock.taken.update(held)
+        # a seat this booking named may meanwhile be held by another booking: only free our own
+        self._untake(stock, reservation.seats, booking_id)
+        stock.taken.update(dict.fromkeys(held, booking_id))
         self._add_user(stock, reservation.user_id, len(held) - reservation.quantity)
 
-    def release(self, event_id: str, user_id: str, seats: Iterable[str]) -> None:
+    def release(self, booking_id: str, event_id: str, user_id: str, seats: Iterable[str]) -> None:
         """Seats of a held booking came back (cancelled or expired)."""
         stock = self._events.get(event_id)
         if stock is None:
             return
         seats = tuple(seats)
         stock.remaining += len(seats)
-        stock.taken.difference_update(seats)
+        self._untake(stock, seats, booking_id)
         self._add_user(stock, user_id, -len(seats))
 
-    def restore(self, event_id: str, user_id: str, seats: Iterable[str]) -> None:
-        """At rebuild: seats already held or sold in the store."""
+    def restore(self, booking_id: str, event_id: str, user_id: str, seats: Iterable[str]) -> None:
+        """At rebuild: seats the booking already holds or bought in the store."""
         stock = self._events[event_id]
         seats = tuple(seats)
-        stock.taken.update(seats)
+        stock.taken.update(dict.fromkeys(seats, booking_id))
         self._add_user(stock, user_id, len(seats))
+
+    @staticmethod
+    def _untake(stock: EventStock, seats: Iterable[str], booking_id: str) -> None:
+        for seat in seats:
+            if stock.taken.get(seat) == booking_id:
+                del stock.taken[seat]
 
     def restore_pending(
         self, booking_id: str, event_id: str, user_id: str, quantity: int, seats: tuple[str, ...]

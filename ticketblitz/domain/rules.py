@@ -50,7 +50,7 @@ def seat_at_position(event: Event, position: int) -> SeatRef | None:
 
 def locate_seat(event: Event, seat: str) -> SeatRef | None:
     """The seat of this event named `seat`, or None when the id is malformed or outside the map."""
-    match = SEAT_ID_RE.match(seat)
+    match = SEAT_ID_RE.fullmatch(seat)
     if match is None:
         return None
     name, row, number = match.group(1), int(match.group(2)), int(match.group(3))

@@ -1,0 +1,42 @@
+# TicketBlitz — `make run` serves the embedded default with a demo event; `make test` runs everything.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run seed test lint typecheck services services-down services-status clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install TicketBlitz with its dev tools
+
+run: install  ## serve the embedded default (SQLite under ./data) with the demo event on :8000
+	$(BIN)/ticketblitz serve --demo
+
+seed: install
+	$(BIN)/ticketblitz seed
+
+lint: install
+	$(BIN)/ruff check ticketblitz tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install  ## ruff, mypy, then the whole pytest suite against real PostgreSQL, Redis and Kafka
+	bash scripts/test.sh
+
+services:  ## start PostgreSQL, Redis and Kafka on loopback (data under .services/)
+	bash scripts/services.sh up
+
+services-down:
+	bash scripts/services.sh down
+
+services-status:
+	bash scripts/services.sh status
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

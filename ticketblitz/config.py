@@ -42,7 +42,7 @@ class Settings:
     lock_timeout: float = 2.0  # seconds a consumer waits for seat locks
     lock_ttl_ms: int = 10_000  # lease of a seat lock
     intake_batch: int = 512  # booking requests made durable in one store transaction
-    consumers: int = 2  # consumer tasks deciding queued bookings
+    consumers: int = 2  # consumer tasks deciding queued bookings; 0 = intake only (work waits for a consumer)
     consumer_batch: int = 256  # bookings decided in one store transaction
     sweep_interval: float = 1.0  # seconds between hold-expiry sweeps
     shutdown_grace: float = 10.0  # seconds to drain queued work on SIGINT/SIGTERM
@@ -87,9 +87,11 @@ class Settings:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}: must be a positive, finite number of seconds")
-        for name in ("queue_limit", "intake_batch", "consumers", "consumer_batch", "lock_ttl_ms"):
+        for name in ("queue_limit", "intake_batch", "consumer_batch", "lock_ttl_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
+        if self.consumers < 0:
+            raise ValueError("consumers: must be 0 (intake only) or more")
 
     def ensure_admin_token(self) -> bool:
         """Generate the admin token when none was configured; True when one was generated."""

@@ -112,7 +112,7 @@ async def serve(
                 )
                 log.info("serving on %s", ", ".join(urls))
                 task_status.started(Running(urls, service, stop))
-            drained = await service.drain(settings.shutdown_grace)
+            drained = await service.drain(settings.shutdown_grace if settings.consumers else 0.0)
             log.info("stopped: queue %s", "drained" if drained else f"left {service.queue.depth()} pending (resumes)")
             nursery.cancel_scope.cancel()
     finally:

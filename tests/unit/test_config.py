@@ -106,7 +106,7 @@ def test_unparsable_values_raise_naming_the_variable(variable: str, value: str) 
         ("TICKETBLITZ_LOCK_TIMEOUT", "-1", "lock_timeout"),
         ("TICKETBLITZ_MAX_WAIT", "0", "max_wait"),
         ("TICKETBLITZ_QUEUE_LIMIT", "0", "queue_limit"),
-        ("TICKETBLITZ_CONSUMERS", "0", "consumers"),
+        ("TICKETBLITZ_CONSUMERS", "-1", "consumers"),
         ("TICKETBLITZ_CONSUMER_BATCH", "0", "consumer_batch"),
         ("TICKETBLITZ_LOCK_TTL_MS", "0", "lock_ttl_ms"),
     ],

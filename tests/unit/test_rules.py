@@ -475,3 +475,16 @@ def test_fingerprint_is_a_short_hex_string() -> None:
     fp = request_fingerprint("ünïcødé-😀", ["A-1-1"], None)
     assert len(fp) == 32
     int(fp, 16)
+
+
+def test_best_available_leaves_seats_named_by_waiting_bookings_when_it_can() -> None:
+    from ticketblitz.domain.model import Booking
+    from ticketblitz.domain.rules import named_seats
+
+    event = Event(id="evt", name="e", sections=(Section("A", 2, 4),))
+    waiting = [Booking(id="b1", event_id="evt", user_id="u", quantity=1, requested_seats=("A-1-1",))]
+    picker = SeatPicker(seat_map(event))
+    assert picker.pick(2, named_seats(waiting)) == ("A-1-2", "A-1-3")
+    # when only named seats are left, they are still sold rather than refused
+    small = SeatPicker(r for r in seat_map(event) if r.id in {"A-1-1", "A-1-2"})
+    assert small.pick(2, frozenset({"A-1-1"})) == ("A-1-1", "A-1-2")

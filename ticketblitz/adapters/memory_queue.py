@@ -6,6 +6,7 @@ after the `202` loses nothing, and `open` puts every booking still pending back 
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Sequence
 
@@ -13,6 +14,8 @@ import trio
 
 from ..domain.model import Booking
 from ..ports import Store
+
+log = logging.getLogger("ticketblitz.queue")
 
 
 class InProcessQueue:
@@ -28,6 +31,8 @@ class InProcessQueue:
 
     async def open(self) -> None:
         recovered = await self._store.pending_bookings(limit=10_000_000)
+        if recovered:
+            log.info("resuming %d pending bookings from the store", len(recovered))
         self._ready.extend(recovered)
         self._lot.unpark_all()
 

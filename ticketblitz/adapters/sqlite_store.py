@@ -327,6 +327,7 @@ class SqliteStore:
         pickers: dict[str, rules.SeatPicker] = {}
         owned: dict[tuple[str, str], int] = {}
         out: list[Booking] = []
+        avoid = rules.named_seats(bookings)
         for booking in bookings:
             if insert:
                 existing = self._insert(db, booking)
@@ -357,7 +358,7 @@ class SqliteStore:
                 owned[key] = db.execute(
                     "SELECT count(*) FROM seats WHERE event_id = ? AND user_id = ?", key
                 ).fetchone()[0]
-            decision = rules.decide(current, event, owned[key], pickers[event.id])
+            decision = rules.decide(current, event, owned[key], pickers[event.id], avoid)
             decided = rules.apply_decision(current, event, decision, now)
             if decision.held:
                 changed = 0

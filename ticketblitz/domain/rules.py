@@ -133,14 +133,24 @@ class SeatPicker:
                 del self._rows[key]
         return True
 
-    def pick(self, quantity: int) -> tuple[str, ...] | None:
-        """Choose `quantity` best-available seats (without taking them), or None when too few are left."""
+    def pick(self, quantity: int, avoid: frozenset[str] = frozenset()) -> tuple[str, ...] | None:
+        """Choose `quantity` best-available seats (without taking them), or None when too few are left.
+
+        Seats in `avoid` (named by other bookings waiting in line) are used only when nothing else fits.
+        """
         if quantity > len(self._where):
             return None
+        if avoid:
+            chosen = self._pick(quantity, avoid)
+            if chosen is not None:
+                return chosen
+        return self._pick(quantity, frozenset())
+
+    def _pick(self, quantity: int, avoid: frozenset[str]) -> tuple[str, ...] | None:
         first_full_row: list[SeatRef] | None = None
         first_any: list[SeatRef] = []
         for row in self._rows.values():
-            numbers = sorted(row)
+            numbers = sorted(n for n, ref in row.items() if ref.id not in avoid) if avoid else sorted(row)
             run_start = 0
             for i in range(1, len(numbers) + 1):
                 if i == len(numbers) or numbers[i] != numbers[i - 1] + 1:
@@ -167,10 +177,18 @@ class Decision:
         return self.reason is None
 
 
-def decide(booking: Booking, event: Event, user_owned: int, picker: SeatPicker) -> Decision:
+def named_seats(bookings: Iterable[Booking]) -> frozenset[str]:
+    """Seats asked for by name in these pending bookings."""
+    return frozenset(seat for b in bookings if b.status is BookingStatus.PENDING for seat in b.requested_seats)
+
+
+def decide(
+    booking: Booking, event: Event, user_owned: int, picker: SeatPicker, avoid: frozenset[str] = frozenset()
+) -> Decision:
     """Decide a pending booking against the store's current state; takes the seats from `picker`.
 
-    `user_owned` counts the seats the user already holds or bought in this event.
+    `user_owned` counts the seats the user already holds or bought in this event; `avoid` are seats
+    that other pending bookings ask for by name (best-available leaves them to them when it can).
     """
     if user_owned + booking.quantity > event.max_per_user:
         return Decision(reason="limit_exceeded")
@@ -178,7 +196,7 @@ def decide(booking: Booking, event: Event, user_owned: int, picker: SeatPicker) 
         if picker.take(booking.requested_seats):
             return Decision(seats=booking.requested_seats)
         return Decision(reason="seat_unavailable")
-    seats = picker.pick(booking.quantity)
+    seats = picker.pick(booking.quantity, avoid)
     if seats is None:
         return Decision(reason="sold_out")
     picker.take(seats)

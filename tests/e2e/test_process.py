@@ -53,10 +53,10 @@ class ServerProcess:
                     assert self.proc.poll() is None, self.log.read_text()[-2000:]
                     await trio.sleep(0.1)
 
-    async def signal_and_wait(self, signum: int, timeout: float = 30) -> int:
+    async def signal_and_wait(self, signum: int) -> int:
         assert self.proc is not None
         self.proc.send_signal(signum)
-        with trio.fail_after(timeout):
+        with trio.fail_after(30):
             return await self.proc.wait()
 
 

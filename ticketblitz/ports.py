@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .domain.errors import BookingError
 from .domain.model import Booking, Event, Seat
 
 
@@ -18,6 +19,7 @@ class EdgeSnapshot:
     events: list[tuple[str, int, int]] = field(default_factory=list)  # (event_id, available, max_per_user)
     owned: list[tuple[str, str, str, str]] = field(default_factory=list)  # (event_id, user_id, seat_id, booking_id)
     pending: list[Booking] = field(default_factory=list)
+    keys: list[tuple[str, str, str, str]] = field(default_factory=list)  # (event_id, key, booking_id, fingerprint)
 
 
 class Store(Protocol):
@@ -126,3 +128,55 @@ class SeatLease:
     token: str
     fence: int
     expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitItem:
+    """One booking request at the edge: the pending booking it would become, and whether it is queued
+    even when refused (the original's /api/book-async reserves nothing then)."""
+
+    booking: Booking
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitResult:
+    """Admitted (both None), refused (`error`), or an Idempotency-Key repeat of `repeat_of`."""
+
+    error: BookingError | None = None
+    repeat_of: str | None = None
+    repeat_fingerprint: str | None = None
+
+
+class Admission(Protocol):
+    """Edge admission: a fast forecast of what the store will decide (stock, named seats, per-user
+    counts, Idempotency-Keys), so that the crowd that cannot be served hears 409 at once. A cache of
+    the store, rebuilt from it; never the guarantee."""
+
+    name: str
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def ensure(self, store: Store) -> None:
+        """Rebuild from `store.edge_snapshot()` when the state is missing (at start, after a loss)."""
+
+    async def add_event(self, event_id: str, available: int, max_per_user: int) -> None: ...
+
+    async def admit(self, items: Sequence[AdmitItem]) -> list[AdmitResult]:
+        """Admit in order, each item one atomic step, all in one round trip; reserves what it admits
+        and records its Idempotency-Key and pending record."""
+
+    async def withdraw(self, bookings: Sequence[Booking]) -> None:
+        """Undo the admission of bookings that were never accepted (or lost their key to another)."""
+
+    async def settle(self, decided: Sequence[Booking]) -> list[bool]:
+        """The store decided: seats held replace the reservation. True where this call settled the
+        booking (False: settled before, a redelivery)."""
+
+    async def release(self, bookings: Sequence[Booking]) -> None:
+        """Seats of held bookings came back (cancelled or expired)."""
+
+    async def pending(self, booking_id: str) -> Booking | None:
+        """A booking accepted but not yet in the store (queued in Kafka), else None."""

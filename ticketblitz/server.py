@@ -14,6 +14,7 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from .adapters.memory_admission import InProcessAdmission
 from .adapters.memory_locks import InProcessLocks
 from .adapters.memory_queue import InProcessQueue
 from .adapters.sqlite_store import SqliteStore
@@ -37,7 +38,7 @@ def build_service(settings: Settings, clock: Callable[[], float] | None = None) 
     queue = InProcessQueue(store)
     locks = InProcessLocks()
     clock = clock or time.time
-    return BookingService(settings, store, queue, locks, Telemetry(clock), clock)
+    return BookingService(settings, store, queue, locks, InProcessAdmission(), Telemetry(clock), clock)
 
 
 def demo_event(now: float) -> Event:

@@ -22,9 +22,8 @@ from .domain.errors import (
     SeatUnavailable,
     Unavailable,
 )
-from .domain.inventory import EdgeInventory
 from .domain.model import Booking, BookingRequest, BookingStatus, Event, Seat, SeatStatus, new_booking_id
-from .ports import BookingQueue, SeatLease, SeatLocks, Store
+from .ports import Admission, AdmitItem, BookingQueue, SeatLease, SeatLocks, Store
 from .telemetry import Telemetry
 
 log = logging.getLogger("ticketblitz.service")
@@ -56,6 +55,7 @@ class BookingService:
         store: Store,
         queue: BookingQueue,
         locks: SeatLocks,
+        admission: Admission,
         telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -63,10 +63,10 @@ class BookingService:
         self.store = store
         self.queue = queue
         self.locks = locks
+        self.admission = admission
         self.clock = clock
         self.telemetry = telemetry or Telemetry(clock)
         self.telemetry.queue_depth = queue.depth
-        self.edge = EdgeInventory()
         self._events: dict[str, Event] = {}  # immutable parts of events; counts come from the store
         self._latest_event: str | None = None
         self._waiters: dict[str, trio.Event] = {}
@@ -79,19 +79,15 @@ class BookingService:
         await self.store.open()
         await self.queue.open()
         await self.locks.open()
+        await self.admission.open()
         for event in await self.store.list_events():
             self._remember(event)
-        snapshot = await self.store.edge_snapshot()
-        for event_id, available, max_per_user in snapshot.events:
-            self.edge.add_event(event_id, available=available, max_per_user=max_per_user)
-        for event_id, user_id, seat, booking_id in snapshot.owned:
-            self.edge.restore(booking_id, event_id, user_id, (seat,))
-        for b in snapshot.pending:
-            self.edge.restore_pending(b.id, b.event_id, b.user_id, b.quantity, b.requested_seats)
+        await self.admission.ensure(self.store)
         self.accepting = True
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True):
+            await self.admission.close()
             await self.locks.close()
             await self.queue.close()
             await self.store.close()
@@ -124,7 +120,7 @@ class BookingService:
     async def create_event(self, event: Event) -> Event:
         created = await self.store.create_event(event)
         self._remember(created)
-        self.edge.add_event(created.id, available=created.capacity, max_per_user=created.max_per_user)
+        await self.admission.add_event(created.id, created.capacity, created.max_per_user)
         self.telemetry.publish("event", event_id=created.id, name=created.name, capacity=created.capacity)
         return created
 
@@ -149,8 +145,8 @@ class BookingService:
             if found is None:
                 raise NotFound(f"event {event_id} does not exist")
             self._remember(found)
-            if not self.edge.knows(event_id) and found.counts is not None:
-                self.edge.add_event(event_id, available=found.counts.available, max_per_user=found.max_per_user)
+            if found.counts is not None:
+                await self.admission.add_event(event_id, found.counts.available, found.max_per_user)
             event = self._events[event_id]
         return event
 
@@ -196,11 +192,10 @@ class BookingService:
 
     async def _admit_batch(self, tickets: list[_Ticket]) -> None:
         now = self.clock()
-        accepted: list[tuple[_Ticket, Booking]] = []
         first_of_key: dict[tuple[str, str], _Ticket] = {}
         followers: list[tuple[_Ticket, _Ticket]] = []
-        follower_ids: set[int] = set()
-        keyed: dict[str, list[str]] = {}
+        candidates: list[tuple[_Ticket, Booking]] = []
+        room = self.settings.queue_limit - self.queue.depth()
         for t in tickets:
             try:
                 event = await self._known_event(t.request.event_id)
@@ -208,83 +203,84 @@ class BookingService:
             except BookingError as exc:
                 t.answer(error=exc)
                 continue
-            key = t.request.idempotency_key
-            if key is not None:
-                first = first_of_key.get((t.request.event_id, key))
-                if first is not None:
-                    followers.append((t, first))
-                    follower_ids.add(id(t))
-                    continue
-                first_of_key[(t.request.event_id, key)] = t
-                keyed.setdefault(t.request.event_id, []).append(key)
-        try:
-            existing: dict[tuple[str, str], Booking] = {}
-            for event_id, keys in keyed.items():
-                for key, booking in (await self.store.find_idempotent(event_id, keys)).items():
-                    existing[(event_id, key)] = booking
-        except Unavailable as exc:
-            for t in tickets:
-                if not t.done.is_set() and (t.request.event_id, t.request.idempotency_key) in first_of_key:
-                    t.answer(error=exc)
-            existing = {}
-        room = self.settings.queue_limit - self.queue.depth()
-        for t in tickets:
-            if t.done.is_set() or id(t) in follower_ids:
-                continue
             r = t.request
-            if r.idempotency_key is not None and (r.event_id, r.idempotency_key) in existing:
-                self._answer_repeat(t, existing[(r.event_id, r.idempotency_key)])
-                continue
+            if r.idempotency_key is not None:
+                first = first_of_key.get((r.event_id, r.idempotency_key))
+                if first is not None:  # a concurrent repeat in the same tick waits for the first's answer
+                    followers.append((t, first))
+                    continue
+                first_of_key[(r.event_id, r.idempotency_key)] = t
             if room <= 0:
                 t.answer(error=RateLimited("the booking queue is full; retry shortly", retry_after=1))
                 continue
-            booking = Booking(
+            room -= 1
+            candidates.append((t, Booking(
                 id=new_booking_id(), event_id=r.event_id, user_id=r.user_id, quantity=r.quantity,
                 requested_seats=r.seat_ids, status=BookingStatus.PENDING, created_at=now, updated_at=now,
                 idempotency_key=r.idempotency_key, fingerprint=r.fingerprint,
-            )
-            refusal = self.edge.admit(booking.id, r.event_id, r.user_id, r.quantity, r.seat_ids,
-                                      force=r.admission == "queue")
-            if refusal is not None:
-                t.answer(error=refusal)
-                continue
-            room -= 1
-            accepted.append((t, booking))
+            )))
+        accepted: list[tuple[_Ticket, Booking]] = []
+        if candidates:
+            try:
+                results = await self.admission.admit(
+                    [AdmitItem(b, force=t.request.admission == "queue") for t, b in candidates])
+            except Unavailable as exc:
+                for t, _ in candidates:
+                    t.answer(error=exc)
+                results = []
+            for (t, b), result in zip(candidates, results, strict=False):
+                if result.repeat_of is not None:
+                    await self._answer_repeat(t, result.repeat_of, result.repeat_fingerprint)
+                elif result.error is not None:
+                    t.answer(error=result.error)
+                else:
+                    accepted.append((t, b))
         if accepted:
             await self._enqueue(accepted)
         for follower, first in followers:
             if first.error is not None:
                 follower.answer(error=first.error)
             elif first.booking is not None:
-                self._answer_repeat(follower, first.booking)
+                await self._answer_repeat(follower, first.booking.id, first.booking.fingerprint)
 
     async def _enqueue(self, accepted: list[tuple[_Ticket, Booking]]) -> None:
         try:
             results = await self.queue.enqueue([b for _, b in accepted])
         except Unavailable as exc:
-            for t, b in accepted:
-                self.edge.withdraw(b.id)
+            await self.admission.withdraw([b for _, b in accepted])
+            for t, _ in accepted:
                 t.answer(error=exc)
             return
         produced = 0
         for (t, b), earlier in zip(accepted, results, strict=True):
             if earlier is not None:  # another process or path took the key first
-                self.edge.withdraw(b.id)
-                self._answer_repeat(t, earlier)
+                await self.admission.withdraw([b])
+                await self._answer_repeat(t, earlier.id, earlier.fingerprint)
             else:
                 produced += 1
                 t.answer(b, created=True)
                 self.telemetry.booking(b)
         self.telemetry.queued("produced", produced)
 
-    @staticmethod
-    def _answer_repeat(ticket: _Ticket, earlier: Booking) -> None:
-        if earlier.fingerprint != ticket.request.fingerprint:
+    async def _answer_repeat(self, ticket: _Ticket, booking_id: str, fingerprint: str | None) -> None:
+        if fingerprint != ticket.request.fingerprint:
             ticket.answer(error=IdempotencyConflict(
                 f"Idempotency-Key {ticket.request.idempotency_key!r} was used with a different body "
-                f"(booking {earlier.id})", field="Idempotency-Key"))
+                f"(booking {booking_id})", field="Idempotency-Key"))
+            return
+        try:
+            earlier = await self._find_booking(booking_id)
+        except BookingError as exc:
+            ticket.answer(error=exc)
+            return
+        if earlier is None:
+            ticket.answer(error=Unavailable(f"booking {booking_id} is not readable yet; retry", component="store"))
         else:
             ticket.answer(earlier, created=False)
+
+    async def _find_booking(self, booking_id: str) -> Booking | None:
+        """The booking from the store, else the one accepted but still queued."""
+        return await self.store.get_booking(booking_id) or await self.admission.pending(booking_id)
 
     # ================================================================== synchronous paths (compat)
     async def book_now(self, request: BookingRequest, *, lock: bool) -> Booking:
@@ -314,16 +310,16 @@ class BookingService:
                 seats = {s.id: s for s in await self.store.seats(request.event_id) if s.id in request.seat_ids}
                 if any(seats[s].status is not SeatStatus.AVAILABLE for s in request.seat_ids):
                     raise SeatUnavailable(f"seat {', '.join(request.seat_ids)} is already taken")
-            refusal = self.edge.admit(booking.id, request.event_id, request.user_id, request.quantity,
-                                      request.seat_ids, force=not lock)
-            if refusal is not None:
-                raise refusal
+            (admitted,) = await self.admission.admit([AdmitItem(booking, force=not lock)])
+            if admitted.error is not None:
+                raise admitted.error
             try:
                 (decided,) = await self.store.decide([booking], self.clock(), insert=True)
             except BaseException:
-                self.edge.withdraw(booking.id)
+                with trio.CancelScope(shield=True):
+                    await self.admission.withdraw([booking])
                 raise
-            self._after_decision([decided])
+            await self._after_decision([booking], [decided])
         finally:
             if lease is not None:
                 await self._unlock(lease)
@@ -338,7 +334,7 @@ class BookingService:
     # ================================================================== reads and transitions
     async def booking(self, booking_id: str, wait: float = 0.0) -> Booking:
         """The booking; with `wait` > 0, long-poll until it leaves `pending` or the time is up."""
-        booking = await self.store.get_booking(booking_id)
+        booking = await self._find_booking(booking_id)
         if booking is None:
             raise NotFound(f"booking {booking_id} does not exist")
         if booking.status is not BookingStatus.PENDING or wait <= 0:
@@ -348,7 +344,7 @@ class BookingService:
                 waiter = self._waiters.setdefault(booking_id, trio.Event())
                 with trio.move_on_after(0.5):  # decided by another process: we learn it from the store
                     await waiter.wait()
-                booking = await self.store.get_booking(booking_id) or booking
+                booking = await self._find_booking(booking_id) or booking
         return booking
 
     async def confirm(self, booking_id: str) -> Booking:
@@ -360,7 +356,7 @@ class BookingService:
 
     async def cancel(self, booking_id: str) -> Booking:
         booking = await self.store.cancel(booking_id, self.clock())
-        self.edge.release(booking.id, booking.event_id, booking.user_id, booking.seat_ids)
+        await self.admission.release([booking])
         self.telemetry.booking(booking)
         self.telemetry.seats(booking.event_id, booking.seat_ids, "available")
         return booking
@@ -370,8 +366,9 @@ class BookingService:
         expired: list[Booking] = []
         while True:
             chunk = await self.store.expire_lapsed(self.clock(), 500)
+            if chunk:
+                await self.admission.release(chunk)
             for b in chunk:
-                self.edge.release(b.id, b.event_id, b.user_id, b.seat_ids)
                 self.telemetry.holds_expired += 1
                 self.telemetry.booking(b)
                 self.telemetry.seats(b.event_id, b.seat_ids, "available")
@@ -427,7 +424,8 @@ class BookingService:
                 await self._unlock(lease)
         if later:
             await self.queue.retry(later)
-        self._after_decision(decided)
+        if decided:
+            await self._after_decision(ready, decided)
 
     async def _lock_batch(self, batch: Sequence[Booking], owner: str, leases: dict[tuple[str, str], SeatLease]) -> None:
         """Lock every seat named in the batch once (bookings of one batch share a seat's lock), retrying
@@ -462,15 +460,19 @@ class BookingService:
                 return
             await trio.sleep(0.01)
 
-    def _after_decision(self, decided: Sequence[Booking]) -> None:
-        for b in decided:
-            if not self.edge.has_reservation(b.id):
-                continue  # decided earlier and already settled (a redelivery)
-            held = b.seat_ids if b.status is BookingStatus.HELD else ()
-            self.edge.settle(b.id, held)
+    async def _after_decision(self, asked: Sequence[Booking], decided: Sequence[Booking]) -> None:
+        """Settle admission for what the store decided; publish and wake long-polls once per booking."""
+        lost_key = [a for a, d in zip(asked, decided, strict=True) if a.id != d.id]
+        if lost_key:  # their Idempotency-Key belonged to an earlier booking: nothing of theirs was stored
+            await self.admission.withdraw(lost_key)
+        mine = [d for a, d in zip(asked, decided, strict=True) if a.id == d.id]
+        firsts = await self.admission.settle(mine)
+        for b, first in zip(mine, firsts, strict=True):
+            if not first:
+                continue  # decided and settled before (a redelivery)
             self.telemetry.booking(b)
-            if held:
-                self.telemetry.seats(b.event_id, held, "held")
+            if b.status is BookingStatus.HELD:
+                self.telemetry.seats(b.event_id, b.seat_ids, "held")
             waiter = self._waiters.pop(b.id, None)
             if waiter is not None:
                 waiter.set()

@@ -449,6 +449,12 @@ class SqliteStore:
                 tuple(r)
                 for r in db.execute("SELECT event_id, user_id, id, booking_id FROM seats WHERE user_id IS NOT NULL")
             ]
+            snap.keys = [
+                tuple(r)
+                for r in db.execute(
+                    "SELECT event_id, idem_key, id, fingerprint FROM bookings WHERE idem_key IS NOT NULL"
+                )
+            ]
             snap.pending = [
                 _booking(r)
                 for r in db.execute(

@@ -1,0 +1,771 @@
+"""The distributed store: PostgreSQL through psycopg 3, the one truth that every process shares.
+
+psycopg's AsyncConnection does not run under Trio, so each call borrows a connection from a sync
+`ConnectionPool` in a worker thread, at most `pool_size` threads at a time. Each call has a deadline,
+enforced three ways: `trio.fail_after` around the thread (the caller never waits longer), a timeout on
+the wait for a pooled connection, and `statement_timeout`/`lock_timeout` inside PostgreSQL, so that a
+transaction that overruns is rolled back by the server, never left half-done.
+
+Several processes run `decide` at once. What keeps them exact:
+
+- first, transaction-level advisory locks per (event, user) and per (event, Idempotency-Key), taken
+  in sorted order: nothing else can change a user's seat count or claim a key while a batch decides;
+- named seats are locked `FOR UPDATE` in map order before any decision: whoever holds them decides;
+- best-available seats come from a window of rows that nobody else is claiming (`FOR UPDATE SKIP
+  LOCKED`, alf.io's pattern). A claim locks only the seats it takes, so deciders skip each other
+  instead of queueing;
+- every claim is a conditional write (`status = 'available'`) with its row count checked, and a seat
+  row has room for exactly one booking;
+- the counters on `events` are written last, in id order.
+
+So a transaction only ever waits for locks that every transaction takes in the same order, or for a
+transaction that is not waiting on it. The one exception is the brief wait for contested seats at the
+end of a sale (`_Candidates.wait_for_contested`), which gives up before PostgreSQL's deadlock check runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any, TypeVar
+
+import psycopg
+import trio
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from ..domain import rules
+from ..domain.errors import NotFound, Unavailable
+from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus, Section
+from ..ports import EdgeSnapshot
+
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+
+MIGRATIONS: list[str] = [
+    # 1: events with their counters, bookings, one row per seat
+    """
+    CREATE TABLE events (
+        id text PRIMARY KEY,
+        seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+        name text NOT NULL,
+        venue text,
+        starts_at text,
+        sections jsonb NOT NULL,
+        capacity integer NOT NULL CHECK (capacity > 0),
+        max_per_user integer NOT NULL,
+        hold_seconds integer NOT NULL,
+        available integer NOT NULL,
+        held integer NOT NULL DEFAULT 0,
+        sold integer NOT NULL DEFAULT 0,
+        created_at double precision NOT NULL,
+        CHECK (available >= 0 AND held >= 0 AND sold >= 0 AND available + held + sold = capacity)
+    );
+    CREATE TABLE bookings (
+        id text PRIMARY KEY,
+        event_id text NOT NULL REFERENCES events (id),
+        user_id text NOT NULL,
+        quantity integer NOT NULL CHECK (quantity > 0),
+        requested text[] NOT NULL,
+        seat_ids text[] NOT NULL,
+        status text NOT NULL
+            CHECK (status IN ('pending', 'held', 'confirmed', 'rejected', 'expired', 'cancelled')),
+        reason text,
+        expires_at double precision,
+        created_at double precision NOT NULL,
+        updated_at double precision NOT NULL,
+        idem_key text,
+        fingerprint text,
+        -- NULLs never collide, so only bookings that carry a key are constrained
+        CONSTRAINT bookings_idem UNIQUE (event_id, idem_key),
+        -- the target of the seats' owner reference below
+        CONSTRAINT bookings_owner UNIQUE (id, event_id, user_id)
+    );
+    CREATE INDEX bookings_event ON bookings (event_id, created_at);
+    CREATE INDEX bookings_pending ON bookings (created_at) WHERE status = 'pending';
+    CREATE INDEX bookings_held ON bookings (expires_at) WHERE status = 'held';
+    CREATE TABLE seats (
+        event_id text NOT NULL REFERENCES events (id),
+        position integer NOT NULL,
+        id text NOT NULL,
+        section text NOT NULL,
+        row integer NOT NULL,
+        number integer NOT NULL,
+        status text NOT NULL DEFAULT 'available' CHECK (status IN ('available', 'held', 'sold')),
+        booking_id text,
+        user_id text,
+        PRIMARY KEY (event_id, position),
+        UNIQUE (event_id, id),
+        -- one owner column: a seat cannot belong to two bookings; taken exactly when it has one
+        CHECK ((status = 'available') = (booking_id IS NULL)),
+        CHECK ((booking_id IS NULL) = (user_id IS NULL)),
+        -- and its owner is a booking of this event by this user
+        FOREIGN KEY (booking_id, event_id, user_id) REFERENCES bookings (id, event_id, user_id)
+    );
+    CREATE INDEX seats_available ON seats (event_id, position) WHERE status = 'available';
+    CREATE INDEX seats_owner ON seats (event_id, user_id) WHERE user_id IS NOT NULL;
+    CREATE INDEX seats_booking ON seats (booking_id) WHERE booking_id IS NOT NULL;
+    """,
+]
+
+# Any constant works, as long as every process uses the same one to serialize migrations.
+_MIGRATION_LOCK = 0x7462_0001
+_MIN_WINDOW = 64
+_WIDEN = 16  # one widening multiplies the window by this
+_MAX_READS = 4  # window reads per event per batch: the first, one widening, refreshes after losses
+# Shorter than PostgreSQL's deadlock_timeout (1 s): we give up before a wait could be called a deadlock.
+_CONTESTED_WAIT_MS = 250
+
+_BOOKING_COLUMNS = (
+    "id, event_id, user_id, quantity, requested, seat_ids, status, reason, expires_at, "
+    "created_at, updated_at, idem_key, fingerprint"
+)
+_EVENT_COLUMNS = (
+    "id, name, venue, starts_at, sections, max_per_user, hold_seconds, created_at, available, held, sold"
+)
+_SEAT_REF_COLUMNS = "id, section, row, number, position"
+
+# Best available, alf.io style: rows that another transaction has locked are being claimed; skip them.
+_WINDOW_SQL = f"""
+    SELECT {_SEAT_REF_COLUMNS} FROM seats
+    WHERE event_id = %s AND status = 'available'
+    ORDER BY position LIMIT %s
+    FOR UPDATE SKIP LOCKED
+"""
+
+# All or nothing per booking, in one round trip: lock the requested seats that are still available
+# (skipping rows other transactions hold) and claim them only if every one was locked. Answers which
+# seats were lockable and how many rows were claimed.
+_CLAIM_SQL = """
+    WITH free AS MATERIALIZED (
+        SELECT position, id FROM seats
+        WHERE event_id = %(event)s AND id = ANY(%(seats)s::text[]) AND status = 'available'
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE seats s SET status = 'held', booking_id = %(booking)s, user_id = %(user)s
+        FROM free
+        WHERE s.event_id = %(event)s AND s.position = free.position AND s.status = 'available'
+          AND (SELECT count(*) FROM free) = %(n)s
+        RETURNING s.id
+    )
+    SELECT coalesce((SELECT array_agg(id) FROM free), '{}'), (SELECT count(*) FROM claimed)
+"""
+
+
+def _booking(row: Sequence[Any]) -> Booking:
+    return Booking(
+        id=row[0],
+        event_id=row[1],
+        user_id=row[2],
+        quantity=row[3],
+        requested_seats=tuple(row[4]),
+        seat_ids=tuple(row[5]),
+        status=BookingStatus(row[6]),
+        reason=row[7],
+        expires_at=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+        idempotency_key=row[11],
+        fingerprint=row[12],
+    )
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(
+        id=row[0],
+        name=row[1],
+        venue=row[2],
+        starts_at=row[3],
+        sections=tuple(Section(**s) for s in row[4]),
+        max_per_user=row[5],
+        hold_seconds=row[6],
+        created_at=row[7],
+        counts=Counts(available=row[8], held=row[9], sold=row[10]),
+    )
+
+
+def _booking_row(b: Booking) -> tuple[Any, ...]:
+    return (b.id, b.event_id, b.user_id, b.quantity, list(b.requested_seats), list(b.seat_ids), b.status.value,
+            b.reason, b.expires_at, b.created_at, b.updated_at, b.idempotency_key, b.fingerprint)
+
+
+def _one(cur: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    row = cur.fetchone()
+    assert row is not None, "the query returns one row"
+    return row
+
+
+def _ms_left(deadline: float) -> int:
+    return max(1, int((deadline - time.monotonic()) * 1000))
+
+
+def _lock_key(*parts: str) -> int:
+    """A stable 64-bit advisory lock key; a collision only serializes two unrelated batches."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _migrate(conn: Conn) -> list[int]:
+    """Apply the migrations this database lacks; returns the versions applied."""
+    # A transaction-level lock: released by the commit or by a crash, never left behind.
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    current = _one(conn.execute("SELECT coalesce(max(version), 0) FROM schema_version"))[0]
+    applied = []
+    for version, script in enumerate(MIGRATIONS, start=1):
+        if version > current:
+            conn.execute(script.encode())  # several statements, no parameters: one simple query
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+            applied.append(version)
+    return applied
+
+
+def _serialize_owners(conn: Conn, bookings: Sequence[Booking]) -> None:
+    """Take the advisory locks of these bookings' (event, user) and (event, Idempotency-Key), sorted.
+
+    Whatever could race the per-user limit, a redelivered booking id or a key waits here, before it
+    has read anything; sorting the keys means two batches never wait for each other in a circle.
+    """
+    keys = {_lock_key("user", b.event_id, b.user_id) for b in bookings}
+    keys |= {_lock_key("key", b.event_id, b.idempotency_key) for b in bookings if b.idempotency_key is not None}
+    # unnest yields the array in order, so the locks are taken in sorted order
+    conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k", (sorted(keys),))
+
+
+def _insert_bookings(conn: Conn, bookings: Sequence[Booking]) -> list[bool]:
+    """Insert the bookings not stored yet; per booking, whether it was inserted. An id or a key that is
+    already stored (or inserted earlier in the same call) skips the row instead of failing the batch."""
+    cur = conn.cursor()
+    cur.executemany(
+        f"INSERT INTO bookings ({_BOOKING_COLUMNS}) VALUES (%s,%s,%s,%s,%s::text[],%s::text[],%s,%s,%s,%s,%s,%s,%s) "
+        "ON CONFLICT DO NOTHING RETURNING id",
+        [_booking_row(b) for b in bookings],
+        returning=True,
+    )
+    inserted = []
+    while True:  # one result per row, in order
+        inserted.append(cur.fetchone() is not None)
+        if not cur.nextset():
+            return inserted
+
+
+def _bookings_by_id(conn: Conn, ids: Iterable[str]) -> dict[str, Booking]:
+    rows = conn.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ANY(%s::text[])", (list(ids),))
+    return {r[0]: _booking(r) for r in rows}
+
+
+def _booking_by_key(conn: Conn, event_id: str, key: str | None) -> Booking | None:
+    if key is None:
+        return None
+    row = conn.execute(
+        f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = %s AND idem_key = %s", (event_id, key)
+    ).fetchone()
+    return _booking(row) if row else None
+
+
+def _stored_twin(conn: Conn, booking: Booking) -> Booking:
+    """The stored booking that kept `booking` from being inserted: its own id first, else its key's."""
+    found = _bookings_by_id(conn, [booking.id]).get(booking.id) or _booking_by_key(
+        conn, booking.event_id, booking.idempotency_key
+    )
+    if found is None:  # ON CONFLICT skipped it, so one of the two exists: a broken assumption, retry
+        raise Unavailable(f"booking {booking.id} was neither inserted nor found", component="store")
+    return found
+
+
+def _load_booking(conn: Conn, booking_id: str) -> Booking:
+    """The booking, locked against concurrent transitions; NotFound when unknown."""
+    row = conn.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = %s FOR UPDATE", (booking_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"booking {booking_id} does not exist")
+    return _booking(row)
+
+
+def _add_to_counters(conn: Conn, deltas: dict[str, tuple[int, int, int]]) -> None:
+    """Add (available, held, sold) deltas to the events' counters, in id order (no deadlock between batches)."""
+    rows = [(*deltas[e], e) for e in sorted(deltas) if any(deltas[e])]
+    if rows:
+        conn.cursor().executemany(
+            "UPDATE events SET available = available + %s, held = held + %s, sold = sold + %s WHERE id = %s", rows
+        )
+
+
+def _adjacent(refs: dict[str, SeatRef], seats: Sequence[str]) -> bool:
+    first = refs[seats[0]]
+    return all(
+        refs[s].section == first.section and refs[s].row == first.row and refs[s].number == first.number + i
+        for i, s in enumerate(seats)
+    )
+
+
+@dataclass
+class _Candidates:
+    """The seats of one event that a batch may give out: the named seats it locked, plus a window of
+    best-available seats that no other transaction was claiming when it was read."""
+
+    event: Event
+    size: int  # rows the next window read asks for
+    refs: dict[str, SeatRef] = field(default_factory=dict)
+    mine: set[str] = field(default_factory=set)  # locked by this transaction
+    taken: set[str] = field(default_factory=set)  # claimed by this batch
+    gone: set[str] = field(default_factory=set)  # claimed by another transaction since we read them
+    reads: int = 0
+    complete: bool = False  # the last read saw every available seat that nobody else had locked
+    widened: bool = False
+    waited: bool = False
+    _picker: rules.SeatPicker | None = None
+
+    @property
+    def picker(self) -> rules.SeatPicker:
+        if self._picker is None:
+            self._picker = rules.SeatPicker(
+                ref for sid, ref in self.refs.items() if sid not in self.taken and sid not in self.gone
+            )
+        return self._picker
+
+    def add_locked(self, rows: Iterable[Sequence[Any]]) -> None:
+        for r in rows:
+            self.refs[r[0]] = SeatRef(*r[:5])
+            self.mine.add(r[0])
+        self._picker = None
+
+    def read_window(self, conn: Conn, *, widen: bool) -> None:
+        if widen:
+            self.size *= _WIDEN
+            self.widened = True
+        # The row locks only serve to skip the seats that others are claiming. Rolling back the
+        # savepoint drops them at once, so our window never hides seats from others.
+        with conn.transaction(force_rollback=True):
+            rows = conn.execute(_WINDOW_SQL, (self.event.id, self.size)).fetchall()
+        self.reads += 1
+        self.complete = len(rows) < self.size
+        # A fresh read replaces what we knew (a seat lost earlier may be free again), except what we hold.
+        self.refs = {sid: self.refs[sid] for sid in self.mine}
+        self.refs.update((r[0], SeatRef(*r)) for r in rows)
+        self.gone.clear()
+        self._picker = None
+
+    def claim(self, conn: Conn, booking: Booking, seats: tuple[str, ...]) -> set[str]:
+        """Hold these seats for the booking, all or none; returns the seats another transaction got first."""
+        free, claimed = _one(conn.execute(_CLAIM_SQL, {
+            "event": booking.event_id, "seats": list(seats), "booking": booking.id, "user": booking.user_id,
+            "n": len(seats),
+        }))
+        self.mine.update(free)
+        if claimed == len(seats):
+            self.taken.update(seats)
+            return set()
+        lost = set(seats) - set(free)
+        if not lost:  # every seat locked and available, yet not claimed: never half-write a batch
+            raise Unavailable(f"seat rows changed under booking {booking.id}", component="store")
+        self.gone |= lost
+        self._picker = None
+        return lost
+
+    def wait_for_contested(self, conn: Conn, quantity: int) -> bool:
+        """At the end of a sale, wait briefly for the available seats that other transactions have locked.
+
+        They are usually being claimed, but a batch that locked a named seat and then refused the
+        booking releases it. Without this wait, we would answer sold out while a seat is about to
+        come back. Returns whether any seat came back.
+        """
+        self.waited = True
+        previous = _one(conn.execute("SELECT current_setting('lock_timeout')"))[0]
+        try:
+            with conn.transaction():  # a savepoint: giving up the wait must not abort the batch
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(_CONTESTED_WAIT_MS),))
+                rows = conn.execute(
+                    f"SELECT {_SEAT_REF_COLUMNS} FROM seats WHERE event_id = %s AND status = 'available' "
+                    "AND NOT (id = ANY(%s::text[])) ORDER BY position LIMIT %s FOR UPDATE",
+                    (self.event.id, list(self.refs), quantity),
+                ).fetchall()
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
+        except psycopg.errors.LockNotAvailable:
+            return False
+        self.add_locked(rows)
+        return bool(rows)
+
+
+def _window_size(quantities: Sequence[int]) -> int:
+    """Room for adjacent runs of the largest request and for the whole batch, twice over."""
+    return max(_MIN_WINDOW, 32 * max(quantities, default=0), 2 * sum(quantities))
+
+
+def _decide_one(conn: Conn, booking: Booking, cands: _Candidates, owned: int) -> rules.Decision:
+    """`rules.decide` against the candidates; claims the seats it gives. Widens the window once when
+    the best pick is not adjacent, and rereads when the window runs out while more seats may exist."""
+    while True:
+        if not booking.is_named and cands.reads == 0:
+            cands.read_window(conn, widen=False)
+        decision = rules.decide(booking, cands.event, owned, cands.picker)
+        if decision.held:
+            if (not booking.is_named and not cands.complete and not cands.widened
+                    and not _adjacent(cands.refs, decision.seats)):
+                cands.read_window(conn, widen=True)  # adjacent seats may lie past the window
+                continue
+            if not cands.claim(conn, booking, decision.seats):
+                return decision
+            if booking.is_named:  # we locked these seats before deciding: nobody can take them
+                raise Unavailable(f"named seats of booking {booking.id} changed while locked", component="store")
+            continue  # another transaction got some first: pick again without them
+        if decision.reason == "sold_out":
+            if not cands.complete and cands.reads < _MAX_READS:
+                cands.read_window(conn, widen=not cands.widened)
+                continue
+            if cands.complete and not cands.waited and cands.wait_for_contested(conn, booking.quantity):
+                continue
+        return decision
+
+
+class PostgresStore:
+    """The Store port on PostgreSQL; see the module docstring."""
+
+    name = "postgres"
+
+    def __init__(self, url: str, *, timeout: float = 5.0, pool_size: int = 8) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.pool_size = pool_size
+        self.applied_migrations: list[int] = []  # what the last open() migrated (tests, logs)
+        self._limiter = trio.CapacityLimiter(pool_size)
+        self._pool: ConnectionPool | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    async def open(self) -> None:
+        ms = int(self.timeout * 1000)
+        pool = ConnectionPool(
+            self.url,
+            min_size=self.pool_size,
+            max_size=self.pool_size,
+            open=False,
+            timeout=self.timeout,
+            name="ticketblitz-store",
+            kwargs={
+                "autocommit": True,  # transactions are explicit (`conn.transaction()`)
+                "connect_timeout": max(2, math.ceil(self.timeout)),
+                "application_name": "ticketblitz",
+                # Session defaults, so that a single statement outside a transaction has a deadline too.
+                # A client that stalls mid-transaction must not keep its row locks for long.
+                "options": f"-c statement_timeout={ms} -c lock_timeout={ms} "
+                f"-c idle_in_transaction_session_timeout={2 * ms}",
+            },
+        )
+        try:
+            with trio.fail_after(self.timeout + 1.0):
+                await trio.to_thread.run_sync(
+                    partial(pool.open, wait=True, timeout=self.timeout), abandon_on_cancel=True
+                )
+        except (trio.TooSlowError, psycopg.OperationalError) as exc:
+            await trio.to_thread.run_sync(pool.close)
+            raise Unavailable(f"the store is unreachable: {exc}", component="store") from exc
+        self._pool = pool
+        self.applied_migrations = await self._call(_migrate)
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await trio.to_thread.run_sync(pool.close)
+
+    async def ping(self) -> None:
+        await self._call(lambda conn: conn.execute("SELECT 1").fetchone(), transaction=False)
+
+    async def _call(self, fn: Callable[[Conn], T], *, transaction: bool = True, snapshot: bool = False) -> T:
+        """Run `fn` on a pooled connection in a worker thread, by default in one transaction, under the
+        deadline; backend failures become `Unavailable`, domain errors pass through (after rollback)."""
+        pool = self._pool
+        if pool is None:
+            raise Unavailable("the store is not open", component="store")
+        timeout = self.timeout
+
+        def run() -> T:
+            deadline = time.monotonic() + timeout
+            with pool.connection(timeout=timeout) as conn:
+                if not transaction:
+                    return fn(conn)  # one statement, bounded by the session's statement_timeout
+                with conn.transaction():
+                    if snapshot:
+                        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    budget = str(_ms_left(deadline))
+                    conn.execute(
+                        "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                        (budget, budget),
+                    )
+                    result = fn(conn)
+                    if time.monotonic() > deadline:
+                        # The caller is about to give up: commit nothing that it will not hear about.
+                        raise Unavailable("the store transaction overran its deadline", component="store")
+                return result
+
+        try:
+            with trio.fail_after(timeout + 1.0):
+                # Abandoning the thread on cancel keeps the caller's deadline even if the network stalls.
+                # The thread still ends by itself (server-side timeouts), rolls back because its
+                # deadline has passed, and keeps its limiter token until then.
+                return await trio.to_thread.run_sync(run, limiter=self._limiter, abandon_on_cancel=True)
+        except trio.TooSlowError:
+            raise Unavailable("the store did not answer in time", component="store") from None
+        except psycopg.OperationalError as exc:  # timeouts, lock timeouts, lost connections, pool timeouts
+            raise Unavailable(f"the store failed: {exc}", component="store") from exc
+
+    # ------------------------------------------------------------------ events and seats
+    async def create_event(self, event: Event) -> Event:
+        sections = Jsonb([{"name": s.name, "rows": s.rows, "seats_per_row": s.seats_per_row,
+                           "price_cents": s.price_cents} for s in event.sections])
+
+        def tx(conn: Conn) -> None:
+            conn.execute(
+                "INSERT INTO events (id, name, venue, starts_at, sections, capacity, max_per_user, hold_seconds, "
+                "available, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (event.id, event.name, event.venue, event.starts_at, sections, event.capacity, event.max_per_user,
+                 event.hold_seconds, event.capacity, event.created_at),
+            )
+            # COPY: 200,000 seat rows in about a second, in the same transaction as the event
+            with conn.cursor().copy(
+                "COPY seats (event_id, position, id, section, row, number) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["text", "int4", "text", "text", "int4", "int4"])
+                for r in rules.seat_map(event):
+                    copy.write_row((event.id, r.position, r.id, r.section, r.row, r.number))
+
+        await self._call(tx)
+        return event.with_counts(Counts(event.capacity, 0, 0))
+
+    async def get_event(self, event_id: str) -> Event | None:
+        row = await self._call(
+            lambda conn: conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = %s", (event_id,)).fetchone(),
+            transaction=False,
+        )
+        return _event(row) if row else None
+
+    async def list_events(self) -> list[Event]:
+        rows = await self._call(
+            lambda conn: conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq").fetchall(),
+            transaction=False,
+        )
+        return [_event(r) for r in rows]
+
+    async def seats(self, event_id: str) -> list[Seat]:
+        rows = await self._call(
+            lambda conn: conn.execute(
+                "SELECT id, section, row, number, position, status FROM seats WHERE event_id = %s ORDER BY position",
+                (event_id,),
+            ).fetchall(),
+            transaction=False,
+        )
+        return [Seat(r[0], r[1], r[2], r[3], r[4], SeatStatus(r[5])) for r in rows]
+
+    async def seat_counts(self, event_id: str) -> Counts:
+        """Counts recomputed from the seat rows (the invariant checks compare them with the event's)."""
+        rows = await self._call(
+            lambda conn: conn.execute(
+                "SELECT status, count(*) FROM seats WHERE event_id = %s GROUP BY status", (event_id,)
+            ).fetchall(),
+            transaction=False,
+        )
+        by = dict(rows)
+        return Counts(by.get("available", 0), by.get("held", 0), by.get("sold", 0))
+
+    # ------------------------------------------------------------------ bookings
+    async def get_booking(self, booking_id: str) -> Booking | None:
+        found = await self._call(lambda conn: _bookings_by_id(conn, [booking_id]), transaction=False)
+        return found.get(booking_id)
+
+    async def bookings_of_event(self, event_id: str) -> list[Booking]:
+        rows = await self._call(
+            lambda conn: conn.execute(
+                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = %s ORDER BY created_at, id", (event_id,)
+            ).fetchall(),
+            transaction=False,
+        )
+        return [_booking(r) for r in rows]
+
+    async def find_idempotent(self, event_id: str, keys: Sequence[str]) -> dict[str, Booking]:
+        if not keys:
+            return {}
+        rows = await self._call(
+            lambda conn: conn.execute(
+                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = %s AND idem_key = ANY(%s::text[])",
+                (event_id, list(keys)),
+            ).fetchall(),
+            transaction=False,
+        )
+        return {r[11]: _booking(r) for r in rows}
+
+    async def insert_pending(self, bookings: Sequence[Booking]) -> list[Booking | None]:
+        def tx(conn: Conn) -> list[Booking | None]:
+            _serialize_owners(conn, bookings)
+            inserted = _insert_bookings(conn, bookings)
+            return [None if ok else _stored_twin(conn, b) for b, ok in zip(bookings, inserted, strict=True)]
+
+        return await self._call(tx) if bookings else []
+
+    async def pending_bookings(self, limit: int) -> list[Booking]:
+        rows = await self._call(
+            lambda conn: conn.execute(
+                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'pending' ORDER BY created_at, id LIMIT %s",
+                (limit,),
+            ).fetchall(),
+            transaction=False,
+        )
+        return [_booking(r) for r in rows]
+
+    async def decide(self, bookings: Sequence[Booking], now: float, *, insert: bool = False) -> list[Booking]:
+        if not bookings:
+            return []
+        return await self._call(partial(self._decide, bookings=bookings, now=now, insert=insert))
+
+    @staticmethod
+    def _decide(conn: Conn, *, bookings: Sequence[Booking], now: float, insert: bool) -> list[Booking]:
+        _serialize_owners(conn, bookings)
+        if insert:
+            _insert_bookings(conn, bookings)
+        stored = _bookings_by_id(conn, [b.id for b in bookings])
+        answers: list[str] = []  # per booking, the id of the stored booking that answers it
+        for b in bookings:
+            if b.id in stored:
+                answers.append(b.id)
+                continue
+            twin = _booking_by_key(conn, b.event_id, b.idempotency_key) if insert else None
+            if twin is None:
+                raise NotFound(f"booking {b.id} is not in the store")
+            # its Idempotency-Key belongs to another booking: that one answers (decided here if in the batch)
+            stored.setdefault(twin.id, twin)
+            answers.append(twin.id)
+        # each booking of the batch decided once, in batch order; a redelivery gets the first decision
+        pending = [stored[i] for i in dict.fromkeys(b.id for b in bookings)
+                   if i in stored and stored[i].status is BookingStatus.PENDING]
+        decided = PostgresStore._decide_pending(conn, pending, now)
+        return [decided.get(i) or stored[i] for i in answers]
+
+    @staticmethod
+    def _decide_pending(conn: Conn, pending: Sequence[Booking], now: float) -> dict[str, Booking]:
+        if not pending:
+            return {}
+        events = {r[0]: _event(r) for r in conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ANY(%s::text[])", (list({b.event_id for b in pending}),)
+        )}
+        pairs = sorted({(b.event_id, b.user_id) for b in pending})
+        owned: Counter[tuple[str, str]] = Counter({(r[0], r[1]): r[2] for r in conn.execute(
+            "SELECT s.event_id, s.user_id, count(*) FROM seats s "
+            "JOIN unnest(%s::text[], %s::text[]) AS k(event_id, user_id) "
+            "ON s.event_id = k.event_id AND s.user_id = k.user_id GROUP BY 1, 2",
+            ([p[0] for p in pairs], [p[1] for p in pairs]),
+        )})
+        cands = {
+            e: _Candidates(event, _window_size([b.quantity for b in pending if b.event_id == e and not b.is_named]))
+            for e, event in events.items()
+        }
+        # Lock the named seats up front, in (event, position) order, which every batch follows. Skip those
+        # of bookings that must be refused for the limit anyway: locking them would only hide them.
+        named: dict[str, set[str]] = defaultdict(set)
+        for b in pending:
+            if b.is_named and owned[(b.event_id, b.user_id)] + b.quantity <= events[b.event_id].max_per_user:
+                named[b.event_id].update(b.requested_seats)
+        for event_id in sorted(named):
+            rows = conn.execute(
+                f"SELECT {_SEAT_REF_COLUMNS}, status FROM seats WHERE event_id = %s AND id = ANY(%s::text[]) "
+                "ORDER BY position FOR UPDATE",
+                (event_id, sorted(named[event_id])),
+            ).fetchall()
+            cands[event_id].add_locked(r for r in rows if r[5] == SeatStatus.AVAILABLE.value)
+
+        decided: dict[str, Booking] = {}
+        for b in pending:
+            decision = _decide_one(conn, b, cands[b.event_id], owned[(b.event_id, b.user_id)])
+            if decision.held:
+                owned[(b.event_id, b.user_id)] += len(decision.seats)
+            decided[b.id] = rules.apply_decision(b, events[b.event_id], decision, now)
+
+        cur = conn.cursor()
+        cur.executemany(
+            "UPDATE bookings SET status = %s, reason = %s, seat_ids = %s::text[], expires_at = %s, updated_at = %s "
+            "WHERE id = %s AND status = 'pending'",
+            [(d.status.value, d.reason, list(d.seat_ids), d.expires_at, now, d.id) for d in decided.values()],
+        )
+        if cur.rowcount != len(decided):  # the owner locks make this impossible; never write half a batch
+            raise Unavailable("a booking of the batch was decided elsewhere", component="store")
+        held = {e: len(c.taken) for e, c in cands.items()}
+        _add_to_counters(conn, {e: (-n, n, 0) for e, n in held.items()})
+        return decided
+
+    async def confirm(self, booking_id: str, now: float) -> tuple[Booking, bool]:
+        def tx(conn: Conn) -> tuple[Booking, bool]:
+            booking = _load_booking(conn, booking_id)
+            if not rules.check_confirm(booking, now):
+                return booking, False
+            n = conn.execute(
+                "UPDATE seats SET status = 'sold' WHERE booking_id = %s AND status = 'held'", (booking_id,)
+            ).rowcount
+            _add_to_counters(conn, {booking.event_id: (0, -n, n)})
+            conn.execute(
+                "UPDATE bookings SET status = 'confirmed', updated_at = %s WHERE id = %s AND status = 'held'",
+                (now, booking_id),
+            )
+            return replace(booking, status=BookingStatus.CONFIRMED, updated_at=now), True
+
+        return await self._call(tx)
+
+    @staticmethod
+    def _release(conn: Conn, bookings: Sequence[Booking], status: BookingStatus, now: float) -> list[Booking]:
+        """Held bookings → `status`, their seats available again."""
+        ids = [b.id for b in bookings]
+        freed = Counter(r[0] for r in conn.execute(
+            "UPDATE seats SET status = 'available', booking_id = NULL, user_id = NULL "
+            "WHERE booking_id = ANY(%s::text[]) AND status = 'held' RETURNING event_id",
+            (ids,),
+        ))
+        _add_to_counters(conn, {e: (n, -n, 0) for e, n in freed.items()})
+        conn.execute(
+            "UPDATE bookings SET status = %s, updated_at = %s WHERE id = ANY(%s::text[]) AND status = 'held'",
+            (status.value, now, ids),
+        )
+        return [replace(b, status=status, updated_at=now) for b in bookings]
+
+    async def cancel(self, booking_id: str, now: float) -> Booking:
+        def tx(conn: Conn) -> Booking:
+            booking = _load_booking(conn, booking_id)
+            rules.check_cancel(booking)
+            return self._release(conn, [booking], BookingStatus.CANCELLED, now)[0]
+
+        return await self._call(tx)
+
+    async def expire_lapsed(self, now: float, limit: int) -> list[Booking]:
+        def tx(conn: Conn) -> list[Booking]:
+            # SKIP LOCKED: a booking being confirmed or cancelled right now is not ours to expire, and
+            # several sweepers (one per process) share the work instead of queueing.
+            rows = conn.execute(
+                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'held' AND expires_at <= %s "
+                "ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                (now, limit),
+            ).fetchall()
+            return self._release(conn, [_booking(r) for r in rows], BookingStatus.EXPIRED, now) if rows else []
+
+        return await self._call(tx)
+
+    async def edge_snapshot(self) -> EdgeSnapshot:
+        def read(conn: Conn) -> EdgeSnapshot:
+            snap = EdgeSnapshot()
+            snap.events = [
+                (r[0], r[1], r[2]) for r in conn.execute("SELECT id, available, max_per_user FROM events ORDER BY seq")
+            ]
+            snap.owned = [
+                (r[0], r[1], r[2])
+                for r in conn.execute("SELECT event_id, user_id, id FROM seats WHERE user_id IS NOT NULL")
+            ]
+            snap.pending = [
+                _booking(r)
+                for r in conn.execute(
+                    f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'pending' ORDER BY created_at, id"
+                )
+            ]
+            return snap
+
+        return await self._call(read, snapshot=True)  # one REPEATABLE READ snapshot: a consistent view

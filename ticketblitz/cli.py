@@ -10,6 +10,7 @@ import trio
 
 from .config import Settings
 from .server import build_service, seed_demo, serve_until_signalled
+from .workers import supervise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,16 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(settings.log_level.upper())
     if args.command == "seed":
         return trio.run(_seed, settings)
+    if settings.listen_fd >= 0:  # a worker of `--workers N`: the supervisor printed everything
+        trio.run(serve_until_signalled, settings)
+        return 0
     generated = settings.ensure_admin_token()
     print("TicketBlitz settings:\n" + settings.describe(), flush=True)
     if generated:
         print(f"Generated admin token (set TICKETBLITZ_ADMIN_TOKEN to keep one): {settings.admin_token}", flush=True)
+    if settings.workers > 1:
+        if settings.demo:
+            trio.run(_seed, settings)
+        return trio.run(supervise, settings)
     trio.run(serve_until_signalled, settings)
     return 0
 
 
 async def _seed(settings: Settings) -> int:
-    service = build_service(settings)
+    service = build_service(settings.replace(consumers=0))  # only the store and admission are needed
     await service.open()
     try:
         event, created = await seed_demo(service)

@@ -34,7 +34,10 @@ class Settings:
     database_url: str = ""  # postgresql://… selects the PostgreSQL store
     redis_url: str = ""  # redis://… selects Redis locks and edge inventory
     kafka_bootstrap: str = ""  # host:port selects the Kafka queue
-    workers: int = 1  # server processes (distributed mode only)
+    kafka_topic: str = "booking-requests"  # topic of queued booking requests (its DLQ: <topic>-dlq)
+    kafka_group: str = "booking-group"  # consumer group shared by every server process
+    workers: int = 1  # server processes sharing the port (distributed mode only)
+    listen_fd: int = -1  # internal: a listening socket inherited from the `--workers` supervisor
     # --- limits and deadlines
     max_body_bytes: int = 65536  # larger request bodies get 413
     queue_limit: int = 50_000  # pending bookings beyond which intake answers 429
@@ -52,6 +55,11 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return not (self.database_url or self.redis_url or self.kafka_bootstrap)
+
+    @property
+    def distributed(self) -> bool:
+        """PostgreSQL, Redis and Kafka all configured: what several processes need to share state."""
+        return bool(self.database_url and self.redis_url and self.kafka_bootstrap)
 
     @property
     def db_path(self) -> Path:
@@ -76,11 +84,14 @@ class Settings:
             raise ValueError(f"port: {self.port} is not a TCP port")
         if self.workers < 1:
             raise ValueError("workers: must be at least 1")
-        if self.workers > 1 and self.embedded:
+        if self.workers > 1 and not self.distributed:
             raise ValueError(
-                "workers: the embedded store (SQLite) has one writer; --workers > 1 needs distributed mode "
-                "(set TICKETBLITZ_DATABASE_URL, TICKETBLITZ_REDIS_URL and TICKETBLITZ_KAFKA_BOOTSTRAP)"
+                "workers: the embedded default keeps its state in this process (SQLite has one writer); "
+                "--workers > 1 needs distributed mode: set TICKETBLITZ_DATABASE_URL, TICKETBLITZ_REDIS_URL "
+                "and TICKETBLITZ_KAFKA_BOOTSTRAP"
             )
+        if self.kafka_bootstrap and not self.database_url:
+            raise ValueError("kafka_bootstrap: the Kafka queue needs the PostgreSQL store (TICKETBLITZ_DATABASE_URL)")
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes: must be at least 1024")
         for name in ("store_timeout", "lock_timeout", "sweep_interval", "shutdown_grace", "max_wait"):

@@ -98,6 +98,10 @@ class BookingQueue(Protocol):
     async def ack(self, bookings: Sequence[Booking]) -> None: ...
     async def retry(self, bookings: Sequence[Booking]) -> None: ...
 
+    async def dead_letter(self, bookings: Sequence[Booking], reason: str) -> None:
+        """Set aside bookings that fail every attempt (poison), so they stop blocking the others."""
+        ...
+
 
 class SeatLocks(Protocol):
     """Short leases on seats that keep concurrent writers off the same rows (never the guarantee)."""

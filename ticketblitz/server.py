@@ -20,6 +20,7 @@ from .adapters.memory_queue import InProcessQueue
 from .adapters.sqlite_store import SqliteStore
 from .config import Settings
 from .domain.model import Event, Section
+from .ports import Admission, BookingQueue, SeatLocks, Store
 from .service import DEMO_EVENT_ID, BookingService
 from .telemetry import Telemetry
 from .web import create_app
@@ -28,17 +29,37 @@ log = logging.getLogger("ticketblitz")
 
 
 def build_service(settings: Settings, clock: Callable[[], float] | None = None) -> BookingService:
-    """The booking service on the adapters the settings select."""
-    if not settings.embedded:
-        raise SystemExit(
-            "distributed mode (TICKETBLITZ_DATABASE_URL / REDIS_URL / KAFKA_BOOTSTRAP) is not available in "
-            "this version; unset them to run the embedded default"
-        )
-    store = SqliteStore(settings.db_path, timeout=settings.store_timeout)
-    queue = InProcessQueue(store)
-    locks = InProcessLocks()
+    """The booking service on the adapters the settings select: each service URL that is set replaces
+    its embedded adapter (PostgreSQL store, Kafka queue, Redis locks and edge admission)."""
+    store: Store
+    queue: BookingQueue
+    locks: SeatLocks
+    admission: Admission
+    if settings.database_url:
+        from .adapters.postgres_store import PostgresStore
+
+        store = PostgresStore(settings.database_url, timeout=settings.store_timeout)
+    else:
+        store = SqliteStore(settings.db_path, timeout=settings.store_timeout)
+    if settings.kafka_bootstrap:
+        from .adapters.kafka_queue import KafkaQueue
+
+        queue = KafkaQueue(settings.kafka_bootstrap, topic=settings.kafka_topic,
+                           dlq_topic=f"{settings.kafka_topic}-dlq", group=settings.kafka_group,
+                           consume=settings.consumers > 0)
+    else:
+        queue = InProcessQueue(store)
+    if settings.redis_url:
+        from .adapters.redis_admission import RedisAdmission
+        from .adapters.redis_locks import RedisLocks
+
+        locks = RedisLocks(settings.redis_url, timeout=settings.lock_timeout)
+        admission = RedisAdmission(settings.redis_url, timeout=settings.lock_timeout)
+    else:
+        locks = InProcessLocks()
+        admission = InProcessAdmission()
     clock = clock or time.time
-    return BookingService(settings, store, queue, locks, InProcessAdmission(), Telemetry(clock), clock)
+    return BookingService(settings, store, queue, locks, admission, Telemetry(clock), clock)
 
 
 def demo_event(now: float) -> Event:
@@ -60,7 +81,7 @@ async def seed_demo(service: BookingService) -> tuple[Event, bool]:
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:
     config = HypercornConfig()
-    config.bind = [f"{settings.host}:{settings.port}"]
+    config.bind = [f"fd://{settings.listen_fd}" if settings.listen_fd >= 0 else f"{settings.host}:{settings.port}"]
     config.backlog = 4096  # a flash sale opens thousands of connections at once
     config.graceful_timeout = settings.shutdown_grace
     config.keep_alive_timeout = 15

@@ -29,6 +29,7 @@ from .telemetry import Telemetry
 log = logging.getLogger("ticketblitz.service")
 
 DEMO_EVENT_ID = "evt_demo"
+POISON_ATTEMPTS = 3
 
 
 @dataclass(slots=True)
@@ -70,6 +71,7 @@ class BookingService:
         self._events: dict[str, Event] = {}  # immutable parts of events; counts come from the store
         self._latest_event: str | None = None
         self._waiters: dict[str, trio.Event] = {}
+        self._failures: dict[str, int] = {}  # booking id -> failed attempts (poison detection)
         self._intake_send, self._intake_recv = trio.open_memory_channel[_Ticket](math.inf)
         self.accepting = False
 
@@ -80,9 +82,14 @@ class BookingService:
         await self.queue.open()
         await self.locks.open()
         await self.admission.open()
-        for event in await self.store.list_events():
+        events = await self.store.list_events()
+        for event in events:
             self._remember(event)
         await self.admission.ensure(self.store)
+        for event in events:  # created while admission was kept elsewhere (no-op for known events)
+            counts = event.counts
+            await self.admission.add_event(event.id, counts.available if counts else event.capacity,
+                                           event.max_per_user)
         self.accepting = True
 
     async def close(self) -> None:
@@ -392,10 +399,27 @@ class BookingService:
             try:
                 await self.decide_batch(batch, consumer=f"consumer-{index}")
             except Exception:
-                # A bug or an unexpected fault: the batch stays queued (never dropped) and is tried again.
-                log.exception("consumer-%d failed on a batch of %d; retrying it", index, len(batch))
-                await self.queue.retry(batch)
-                await trio.sleep(1.0)
+                log.exception("consumer-%d failed on a batch of %d; deciding them one by one", index, len(batch))
+                await self._decide_one_by_one(batch, f"consumer-{index}")
+
+    async def _decide_one_by_one(self, batch: Sequence[Booking], consumer: str) -> None:
+        """After an unexpected failure: find the poison. A booking that fails `POISON_ATTEMPTS` times is
+        dead-lettered (and its admission withdrawn); the others are decided or stay queued."""
+        for booking in batch:
+            try:
+                await self.decide_batch([booking], consumer=consumer)
+                self._failures.pop(booking.id, None)
+            except Exception as exc:
+                attempts = self._failures.get(booking.id, 0) + 1
+                if attempts >= POISON_ATTEMPTS:
+                    self._failures.pop(booking.id, None)
+                    await self.queue.dead_letter([booking], f"{type(exc).__name__}: {exc}")
+                    await self.admission.withdraw([booking])
+                    self.telemetry.queued("dead_lettered", 1, booking_id=booking.id)
+                else:
+                    self._failures[booking.id] = attempts
+                    await self.queue.retry([booking])
+                    await trio.sleep(0.5 * attempts)
 
     async def decide_batch(self, batch: Sequence[Booking], consumer: str = "consumer") -> None:
         """Lock named seats, decide the batch in one store transaction, ack, unlock, publish."""

@@ -70,6 +70,11 @@ class InProcessQueue:
             if self._in_flight.pop(booking.id, None) is not None:
                 self.consumed += 1
 
+    async def dead_letter(self, bookings: Sequence[Booking], reason: str) -> None:
+        """Park them: they stay pending in the store (so in `depth`) and are tried again after a restart."""
+        for booking in bookings:
+            log.error("booking %s set aside after repeated failures: %s", booking.id, reason)
+
     async def retry(self, bookings: Sequence[Booking]) -> None:
         for booking in reversed(bookings):
             if self._in_flight.pop(booking.id, None) is not None:

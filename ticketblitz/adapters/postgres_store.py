@@ -399,13 +399,15 @@ def _window_size(quantities: Sequence[int]) -> int:
     return max(_MIN_WINDOW, 32 * max(quantities, default=0), 2 * sum(quantities))
 
 
-def _decide_one(conn: Conn, booking: Booking, cands: _Candidates, owned: int) -> rules.Decision:
+def _decide_one(
+    conn: Conn, booking: Booking, cands: _Candidates, owned: int, avoid: frozenset[str]
+) -> rules.Decision:
     """`rules.decide` against the candidates; claims the seats it gives. Widens the window once when
     the best pick is not adjacent, and rereads when the window runs out while more seats may exist."""
     while True:
         if not booking.is_named and cands.reads == 0:
             cands.read_window(conn, widen=False)
-        decision = rules.decide(booking, cands.event, owned, cands.picker)
+        decision = rules.decide(booking, cands.event, owned, cands.picker, avoid)
         if decision.held:
             if (not booking.is_named and not cands.complete and not cands.widened
                     and not _adjacent(cands.refs, decision.seats)):
@@ -678,8 +680,9 @@ class PostgresStore:
             cands[event_id].add_locked(r for r in rows if r[5] == SeatStatus.AVAILABLE.value)
 
         decided: dict[str, Booking] = {}
+        avoid = rules.named_seats(pending)  # best-available leaves these to the bookings that name them
         for b in pending:
-            decision = _decide_one(conn, b, cands[b.event_id], owned[(b.event_id, b.user_id)])
+            decision = _decide_one(conn, b, cands[b.event_id], owned[(b.event_id, b.user_id)], avoid)
             if decision.held:
                 owned[(b.event_id, b.user_id)] += len(decision.seats)
             decided[b.id] = rules.apply_decision(b, events[b.event_id], decision, now)
@@ -757,8 +760,14 @@ class PostgresStore:
                 (r[0], r[1], r[2]) for r in conn.execute("SELECT id, available, max_per_user FROM events ORDER BY seq")
             ]
             snap.owned = [
-                (r[0], r[1], r[2])
-                for r in conn.execute("SELECT event_id, user_id, id FROM seats WHERE user_id IS NOT NULL")
+                (r[0], r[1], r[2], r[3])
+                for r in conn.execute("SELECT event_id, user_id, id, booking_id FROM seats WHERE user_id IS NOT NULL")
+            ]
+            snap.keys = [
+                (r[0], r[1], r[2], r[3])
+                for r in conn.execute(
+                    "SELECT event_id, idem_key, id, fingerprint FROM bookings WHERE idem_key IS NOT NULL"
+                )
             ]
             snap.pending = [
                 _booking(r)

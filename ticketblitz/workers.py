@@ -1,0 +1,88 @@
+"""`ticketblitz serve --workers N`: one supervisor owns the listening socket and runs N server processes
+that inherit it (the kernel spreads connections among them). They share PostgreSQL, Redis and Kafka,
+so they are one service: one consumer group, one edge inventory, one truth."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+
+import trio
+
+from .config import ENV_PREFIX, Settings
+
+log = logging.getLogger("ticketblitz.workers")
+RESTART_DELAY = 1.0
+
+
+def listening_socket(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
+
+
+def worker_env(settings: Settings, fd: int) -> dict[str, str]:
+    """The environment of a worker: every setting of the supervisor (flags included), one process each."""
+    env = dict(os.environ)
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        env[ENV_PREFIX + f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    env[ENV_PREFIX + "WORKERS"] = "1"
+    env[ENV_PREFIX + "LISTEN_FD"] = str(fd)
+    env[ENV_PREFIX + "DEMO"] = "false"  # seeded once by the supervisor
+    return env
+
+
+async def supervise(settings: Settings) -> int:
+    """Run the workers until SIGINT/SIGTERM, then pass the signal on and wait; 0 when all exit 0."""
+    sock = listening_socket(settings)
+    host, port = sock.getsockname()[:2]
+    log.info("supervisor: %d workers on http://%s:%d", settings.workers, host, port)
+    env = worker_env(settings, sock.fileno())
+    stopping = trio.Event()
+    codes: dict[int, int] = {}
+
+    async def run_worker(index: int) -> None:
+        while True:
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "ticketblitz", "serve"], env=env, pass_fds=(sock.fileno(),))
+            log.info("worker %d started (pid %d)", index, proc.pid)
+            async with trio.open_nursery() as watch:
+
+                async def forward(worker: trio.Process) -> None:
+                    await stopping.wait()
+                    worker.send_signal(signal.SIGTERM)
+
+                watch.start_soon(forward, proc)
+                code = await proc.wait()
+                watch.cancel_scope.cancel()
+            if stopping.is_set():
+                codes[index] = code
+                log.info("worker %d (pid %d) exited %d", index, proc.pid, code)
+                return
+            log.error("worker %d (pid %d) died with %d; restarting", index, proc.pid, code)
+            await trio.sleep(RESTART_DELAY)
+
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("supervisor: %s, stopping workers", signal.Signals(signum).name)
+                    stopping.set()
+
+        nursery.start_soon(watch_signals)
+        async with trio.open_nursery() as workers:
+            for i in range(settings.workers):
+                workers.start_soon(run_worker, i)
+        nursery.cancel_scope.cancel()
+    sock.close()
+    return 0 if all(c == 0 for c in codes.values()) else 1

@@ -6,8 +6,11 @@ invariant checks), so the same tests run against every adapter set and, later, e
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -22,7 +25,9 @@ from ticketblitz.service import BookingService
 
 ADMIN_TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-ADAPTER_SETS = ["embedded"]
+ADAPTER_SETS = ["embedded", "distributed"]
+SERVICE_VARS = ("TICKETBLITZ_DATABASE_URL", "TICKETBLITZ_REDIS_URL", "TICKETBLITZ_KAFKA_BOOTSTRAP")
+CONTRACT_REDIS_DB = 1  # the contract suite's Redis database, flushed before each test
 
 
 class FakeClock:
@@ -85,10 +90,62 @@ class Harness:
         return r.json()
 
 
-def make_settings(tmp_path: Any, adapter_set: str, **changes: Any) -> Settings:
-    assert adapter_set == "embedded"
-    base = dict(port=0, data_dir=str(tmp_path / "data"), admin_token=ADMIN_TOKEN, sweep_interval=0.05,
-                shutdown_grace=2.0)
+def service_urls() -> dict[str, str]:
+    """The real services' URLs from `scripts/services.sh env`: missing ones fail the test, never skip it."""
+    missing = [name for name in SERVICE_VARS if not os.environ.get(name)]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} unset: run `make services` and `eval \"$(scripts/services.sh env)\"` "
+                    "(make test does both)", pytrace=False)
+    return {name: os.environ[name] for name in SERVICE_VARS}
+
+
+def with_database(url: str, name: str) -> str:
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+@contextmanager
+def scratch_services() -> Iterator[dict[str, str]]:
+    """A fresh PostgreSQL database, a flushed Redis database and unique Kafka topic/group names, dropped
+    afterwards: each test starts from nothing, as a fresh deployment would."""
+    import psycopg
+    import redis
+
+    urls = service_urls()
+    suffix = secrets.token_hex(4)
+    database = f"tb_contract_{suffix}"
+    admin = urls["TICKETBLITZ_DATABASE_URL"]
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+    redis_url = urls["TICKETBLITZ_REDIS_URL"].rsplit("/", 1)[0] + f"/{CONTRACT_REDIS_DB}"
+    redis.Redis.from_url(redis_url).flushdb()
+    topic = f"tb-contract-{suffix}"
+    try:
+        yield {"database_url": with_database(admin, database), "redis_url": redis_url,
+               "kafka_bootstrap": urls["TICKETBLITZ_KAFKA_BOOTSTRAP"], "kafka_topic": topic,
+               "kafka_group": f"tb-contract-group-{suffix}"}
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        delete_topics(urls["TICKETBLITZ_KAFKA_BOOTSTRAP"], [topic, f"{topic}-dlq"])
+
+
+def delete_topics(bootstrap: str, topics: list[str]) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="tb-tests")
+    try:
+        existing = set(admin.list_topics())
+        doomed = [t for t in topics if t in existing]
+        if doomed:
+            admin.delete_topics(doomed)
+    finally:
+        admin.close()
+
+
+def make_settings(tmp_path: Any, services: dict[str, str] | None = None, **changes: Any) -> Settings:
+    base: dict[str, Any] = dict(port=0, data_dir=str(tmp_path / "data"), admin_token=ADMIN_TOKEN,
+                                sweep_interval=0.05, shutdown_grace=2.0)
+    base.update(services or {})
     base.update(changes)
     return Settings(**base)
 
@@ -99,8 +156,12 @@ def adapter_set(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Any, adapter_set: str) -> Settings:
-    return make_settings(tmp_path, adapter_set)
+def settings(tmp_path: Any, adapter_set: str) -> Iterator[Settings]:
+    if adapter_set == "embedded":
+        yield make_settings(tmp_path)
+        return
+    with scratch_services() as services:
+        yield make_settings(tmp_path, services)
 
 
 @pytest.fixture

@@ -1,21 +1,19 @@
-"""The six invariants of API.md, checked over the final state of an event (HTTP answers + store rows)."""
+"""The invariants of API.md, checked over the final state of an event (seat map, counts, bookings)."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
+
+from ticketblitz.domain.model import Booking
 
 OWNING = {"held", "confirmed"}
 
 
-async def check_invariants(h: Any, event_id: str, *, allow_pending: bool = False) -> dict[str, Any]:
-    """Assert invariants 1-5 for one event; returns a summary (counts, bookings by status)."""
-    event = await h.event(event_id)
-    seats_r = await h.client.get(f"/api/events/{event_id}/seats")
-    assert seats_r.status_code == 200
-    seats = {s["id"]: s["status"] for s in seats_r.json()["seats"]}
-    bookings = await h.service.store.bookings_of_event(event_id)
-
+def assert_invariants(event: dict[str, Any], seats: dict[str, str], bookings: Sequence[Booking],
+                      *, allow_pending: bool = False) -> dict[str, Any]:
+    """Invariants 1, 2, 4 and 5 (3: no booking left pending) over one event; returns a summary."""
     # 1. a seat belongs to at most one held/confirmed booking, and seat statuses agree with the bookings
     owner: dict[str, str] = {}
     for b in bookings:
@@ -53,9 +51,29 @@ async def check_invariants(h: Any, event_id: str, *, allow_pending: bool = False
     keys = Counter(b.idempotency_key for b in bookings if b.idempotency_key is not None)
     assert all(n == 1 for n in keys.values()), f"keys with several bookings: {[k for k, n in keys.items() if n > 1]}"
 
-    # rejected bookings say why
+    # rejected bookings say why and hold nothing
     for b in bookings:
         if b.status.value == "rejected":
             assert b.reason in {"seat_unavailable", "sold_out", "limit_exceeded"}
             assert b.seat_ids == ()
     return {"counts": counts, "statuses": Counter(b.status.value for b in bookings), "bookings": bookings}
+
+
+async def check_invariants(h: Any, event_id: str, *, allow_pending: bool = False) -> dict[str, Any]:
+    """Through the server's HTTP answers (event, seat map) and its store's bookings."""
+    event = await h.event(event_id)
+    seats_r = await h.client.get(f"/api/events/{event_id}/seats")
+    assert seats_r.status_code == 200
+    seats = {s["id"]: s["status"] for s in seats_r.json()["seats"]}
+    bookings = await h.service.store.bookings_of_event(event_id)
+    return assert_invariants(event, seats, bookings, allow_pending=allow_pending)
+
+
+async def check_store_invariants(store: Any, event_id: str) -> dict[str, Any]:
+    """Straight from a store (e.g. the PostgreSQL that several server processes share)."""
+    event = await store.get_event(event_id)
+    assert event is not None and event.counts is not None
+    as_dict = {"capacity": event.capacity, "max_per_user": event.max_per_user,
+               "counts": {"available": event.counts.available, "held": event.counts.held, "sold": event.counts.sold}}
+    seats = {s.id: s.status.value for s in await store.seats(event_id)}
+    return assert_invariants(as_dict, seats, await store.bookings_of_event(event_id))

@@ -1,0 +1,90 @@
+"""Two server processes (`serve --workers 2`) on one Kafka consumer group, one Redis, one PostgreSQL:
+thousands of concurrent fans through HTTP, then the invariants over the final PostgreSQL state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import trio
+from conftest import ADMIN_TOKEN, scratch_services
+from invariants import check_store_invariants
+
+from ticketblitz.adapters.postgres_store import PostgresStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_workers(services: dict[str, str], port: int, log: Path, workers: int = 2) -> trio.Process:
+    env = {**os.environ, "TICKETBLITZ_ADMIN_TOKEN": ADMIN_TOKEN}
+    env.update({f"TICKETBLITZ_{k.upper()}": v for k, v in services.items()})
+    with log.open("ab") as out:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "ticketblitz", "serve", "--port", str(port), "--workers", str(workers)],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        with trio.fail_after(60):
+            ready = 0
+            while ready < 10:  # several answers in a row: both workers are up (connections are spread)
+                try:
+                    r = await client.get("/readyz")
+                    ready = ready + 1 if r.status_code == 200 else 0
+                except httpx.TransportError:
+                    ready = 0
+                assert proc.poll() is None, log.read_text()[-3000:]
+                await trio.sleep(0.1)
+    return proc
+
+
+async def flash(port: int, tmp: Path, *args: str) -> dict[str, Any]:
+    """bench/flash.py against the workers; it verifies counts and seat map itself and exits 0 only then."""
+    out = tmp / f"flash-{args[0]}.json"
+    result = await trio.run_process(
+        [sys.executable, str(ROOT / "bench" / "flash.py"), "--url", f"http://127.0.0.1:{port}",
+         "--admin-token", ADMIN_TOKEN, *args, "--json", str(out)],
+        capture_stdout=True, capture_stderr=True, check=False)
+    assert result.returncode == 0, (result.stdout.decode()[-3000:], result.stderr.decode()[-3000:])
+    report: dict[str, Any] = orjson.loads(out.read_bytes())
+    return report
+
+
+async def test_two_workers_5000_fans_for_500_seats_and_300_for_one_seat(tmp_path: Path) -> None:
+    with scratch_services() as services:
+        port = free_port()
+        log = tmp_path / "workers.log"
+        proc = await start_workers(services, port, log)
+        try:
+            report = await flash(port, tmp_path, "flash", "--clients", "5000", "--seats", "500")
+            hot = await flash(port, tmp_path, "hot", "--clients", "300")
+            # both workers decided bookings (one consumer group, partitions split between them)
+            store = PostgresStore(services["database_url"])
+            await store.open()
+            try:
+                summary = await check_store_invariants(store, report["event_id"])
+                assert summary["counts"] == {"available": 0, "held": 500, "sold": 0}
+                hot_summary = await check_store_invariants(store, hot["event_id"])
+                assert hot_summary["counts"]["held"] == 1
+                assert hot_summary["statuses"]["held"] == 1
+            finally:
+                await store.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(60):
+                code = await proc.wait()
+        assert code == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        assert text.count("exited 0") == 2, text[-3000:]

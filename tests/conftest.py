@@ -155,13 +155,20 @@ def adapter_set(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["door", "hypercorn"])
+def door(request: pytest.FixtureRequest) -> str:
+    """Which HTTP front answers the intake routes: the lean Trio door, or Hypercorn + Quart for all."""
+    return str(request.param)
+
+
 @pytest.fixture
-def settings(tmp_path: Any, adapter_set: str) -> Iterator[Settings]:
+def settings(tmp_path: Any, adapter_set: str, door: str) -> Iterator[Settings]:
+    intake_door = door == "door"
     if adapter_set == "embedded":
-        yield make_settings(tmp_path)
+        yield make_settings(tmp_path, intake_door=intake_door)
         return
     with scratch_services() as services:
-        yield make_settings(tmp_path, services)
+        yield make_settings(tmp_path, services, intake_door=intake_door)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ class Settings:
     demo: bool = False  # create the demo event "The Eras Tour" at start if missing
     static_dir: str = field(default_factory=_default_static_dir)  # the visualizer's files
     admin_token: str = ""  # bearer token of organizer routes; generated and printed once when empty
+    intake_door: bool = True  # answer booking intake on the lean Trio door; false = Hypercorn answers all
     # --- distributed mode (unset = embedded SQLite, in-process queue and locks)
     database_url: str = ""  # postgresql://… selects the PostgreSQL store
     redis_url: str = ""  # redis://… selects Redis locks and edge inventory

@@ -4,7 +4,10 @@ running the Quart-Trio app, in one nursery for the serving lifetime."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from .adapters.memory_queue import InProcessQueue
 from .adapters.sqlite_store import SqliteStore
 from .config import Settings
 from .domain.model import Event, Section
+from .door import IntakeDoor
 from .ports import Admission, BookingQueue, SeatLocks, Store
 from .service import DEMO_EVENT_ID, BookingService
 from .telemetry import Telemetry
@@ -79,6 +83,20 @@ async def seed_demo(service: BookingService) -> tuple[Event, bool]:
     return await service.create_event(demo_event(service.clock())), True
 
 
+def public_socket(settings: Settings) -> socket.socket:
+    """The public listener: inherited from the `--workers` supervisor, or bound here."""
+    if settings.listen_fd >= 0:
+        sock = socket.socket(fileno=settings.listen_fd)
+    else:
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+        sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
 def hypercorn_config(settings: Settings) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [f"fd://{settings.listen_fd}" if settings.listen_fd >= 0 else f"{settings.host}:{settings.port}"]
@@ -124,16 +142,32 @@ async def serve(
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
 
+            door: IntakeDoor | None = None
+
             async def shutdown_trigger() -> None:
                 await stop.wait()
                 service.accepting = False
+                if door is not None:
+                    door.close()
 
-            async with trio.open_nursery() as http:
-                urls = await http.start(
-                    partial(hypercorn.trio.serve, app, hypercorn_config(settings), shutdown_trigger=shutdown_trigger)
-                )
-                log.info("serving on %s", ", ".join(urls))
-                task_status.started(Running(urls, service, stop))
+            config = hypercorn_config(settings)
+            with tempfile.TemporaryDirectory(prefix="ticketblitz-") as private:
+                async with trio.open_nursery() as http:
+                    if settings.intake_door:
+                        # Hypercorn listens privately; the door owns the public port and relays to it
+                        upstream = os.path.join(private, "app.sock")
+                        config.bind = [f"unix:{upstream}"]
+                        public = public_socket(settings)
+                        host, port = public.getsockname()[:2]
+                        urls = [f"http://{host}:{port}"]
+                        door = IntakeDoor(service, upstream)
+                        await http.start(partial(hypercorn.trio.serve, app, config, shutdown_trigger=shutdown_trigger))
+                        await http.start(door.serve, public)
+                    else:
+                        urls = await http.start(
+                            partial(hypercorn.trio.serve, app, config, shutdown_trigger=shutdown_trigger))
+                    log.info("serving on %s%s", ", ".join(urls), " (intake door)" if door else "")
+                    task_status.started(Running(urls, service, stop))
             drained = await service.drain(settings.shutdown_grace if settings.consumers else 0.0)
             log.info("stopped: queue %s", "drained" if drained else f"left {service.queue.depth()} pending (resumes)")
             nursery.cancel_scope.cancel()

@@ -24,9 +24,9 @@ from quart_schema import (
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from ..domain.errors import BookingError, InvalidRequest, SoldOut
-from ..domain.model import BookingRequest, SeatStatus
-from ..domain.rules import request_fingerprint, seat_at_position
+from .. import intake
+from ..domain.errors import BookingError, SoldOut
+from ..domain.model import SeatStatus
 from ..representation import (
     booking_json,
     compat_seat_json,
@@ -54,7 +54,6 @@ from ..schemas import (
     StatusOut,
     WaitQuery,
     parse_body,
-    parse_idempotency_key,
     parse_wait,
 )
 from ..service import BookingService
@@ -157,6 +156,12 @@ def create_app(service: BookingService) -> QuartTrio:
         raw: bytes = await request.get_data(cache=False, as_text=False)  # type: ignore[assignment]
         return parse_body(model, raw)
 
+    async def intake_response(route: Any, *path_args: str) -> Response:
+        """The intake routes answer through `ticketblitz.intake`, like the Trio-native door."""
+        raw: bytes = await request.get_data(cache=False, as_text=False)  # type: ignore[assignment]
+        result = await route(service, *path_args, request.headers.get("Idempotency-Key"), raw)
+        return json_response(result.body, result.status, result.headers, result.content_type)
+
     # ------------------------------------------------------------------ events
     @app.post("/api/events")
     @tag(["events"])
@@ -211,14 +216,7 @@ def create_app(service: BookingService) -> QuartTrio:
     async def create_booking(event_id: str) -> Response:
         """Ask for seats: `202` pending (durably queued), `200` on an Idempotency-Key repeat, `409` when
         the edge already knows the answer."""
-        key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-        body = await body_of(BookingIn)
-        booking, created = await service.request_booking(BookingRequest(
-            event_id=event_id, user_id=body.user_id, quantity=body.quantity or len(body.seat_ids),
-            seat_ids=tuple(body.seat_ids or ()), idempotency_key=key, fingerprint=body.fingerprint(),
-        ))
-        return json_response(booking_json(booking), 202 if created else 200,
-                             {"Location": f"/api/bookings/{booking.id}"})
+        return await intake_response(intake.create_booking, event_id)
 
     @app.get("/api/bookings/<booking_id>")
     @tag(["bookings"])
@@ -247,28 +245,13 @@ def create_app(service: BookingService) -> QuartTrio:
         return json_response(booking_json(await service.cancel(booking_id)))
 
     # ------------------------------------------------------------------ the original's routes
-    async def compat_request(admission: str) -> BookingRequest:
-        key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-        body = await body_of(CompatBookingIn)
-        event = await service.compat_event(body.eventId)
-        seat = seat_at_position(event, body.seatNumber)
-        if seat is None:
-            raise InvalidRequest(f"seatNumber: event {event.id} has {event.capacity} seats", field="seatNumber")
-        return BookingRequest(
-            event_id=event.id, user_id=body.userId, quantity=1, seat_ids=(seat.id,), idempotency_key=key,
-            fingerprint=request_fingerprint(body.userId, (seat.id,), None), admission=admission,
-        )
-
     @tag(["original"])
     @document_request(CompatBookingIn)
     @document_response(CompatQueuedOut, 202)
     async def book_async() -> Response:
         """The original's queued path: every valid request is queued (`202`); the booking's final status
         is the outcome."""
-        booking, created = await service.request_booking(await compat_request("queue"))
-        body = {"status": "Pending", "message": "Request queued" if created else "Request already queued",
-                "booking": booking_json(booking)}
-        return json_response(body, 202 if created else 200, {"Location": f"/api/bookings/{booking.id}"})
+        return await intake_response(intake.book_async)
 
     app.add_url_rule("/api/book-async", "book_async", book_async, methods=["POST"])
     app.add_url_rule("/book", "book", book_async, methods=["POST"])
@@ -281,8 +264,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @document_response(Problem, 429)
     async def book_secure() -> Response:
         """The original's locked path: seat lock, then store write; `429` while another request holds the lock."""
-        booking = await service.book_now(await compat_request("edge"), lock=True)
-        return json_response({"success": True, "bookingId": booking.id, "booking": booking_json(booking)})
+        return await intake_response(intake.book_secure)
 
     @app.post("/api/book-naive")
     @tag(["original"])
@@ -291,8 +273,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @document_response(Problem, 409)
     async def book_naive() -> Response:
         """The original's unlocked path: read, then conditional write; the store refuses a second buyer."""
-        booking = await service.book_now(await compat_request("queue"), lock=False)
-        return json_response({"success": True, "bookingId": booking.id, "booking": booking_json(booking)})
+        return await intake_response(intake.book_naive)
 
     @app.get("/api/seats")
     @tag(["original"])

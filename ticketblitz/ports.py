@@ -3,7 +3,7 @@ and a distributed one (PostgreSQL, Kafka, Redis) that implement the same methods
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -120,6 +120,9 @@ class SeatLocks(Protocol):
 
     async def release(self, lease: SeatLease) -> None:
         """Compare-and-delete: frees the seats only while they still carry the lease's token."""
+
+    async def release_many(self, leases: Iterable[SeatLease]) -> None:
+        """`release` for many leases in one round trip."""
 
 
 @dataclass(frozen=True, slots=True)

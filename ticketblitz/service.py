@@ -329,7 +329,7 @@ class BookingService:
             await self._after_decision([booking], [decided])
         finally:
             if lease is not None:
-                await self._unlock(lease)
+                await self._unlock([lease])
         if decided.status is BookingStatus.REJECTED:
             raise REJECTION_ERRORS[decided.reason or "seat_unavailable"](
                 f"seat {', '.join(request.seat_ids)} is already taken"
@@ -444,8 +444,8 @@ class BookingService:
             else:
                 await self.queue.ack(ready)
         finally:
-            for lease in leases.values():
-                await self._unlock(lease)
+            if leases:
+                await self._unlock(list(leases.values()))
         if later:
             await self.queue.retry(later)
         if decided:
@@ -521,12 +521,21 @@ class BookingService:
                 return None
             await trio.sleep(0.01)
 
-    async def _unlock(self, lease: SeatLease) -> None:
-        # Shielded so that a shutdown still unlocks; the deadline inside bounds a stuck lock service.
-        with trio.CancelScope(shield=True), trio.move_on_after(self.settings.lock_timeout) as scope:
-            await self.locks.release(lease)
-        action = "expired" if scope.cancelled_caught else "released"
-        self.telemetry.lock(action, lease.event_id, lease.seats, lease.owner)
+    async def _unlock(self, leases: list[SeatLease]) -> None:
+        """Release leases in one round trip. Shielded so that a shutdown still unlocks; the deadline
+        inside bounds a stuck lock service (the leases then lapse by their TTL)."""
+        try:
+            with trio.CancelScope(shield=True), trio.move_on_after(self.settings.lock_timeout) as scope:
+                await self.locks.release_many(leases)
+            failed = scope.cancelled_caught
+        except Unavailable:
+            failed = True
+        action = "expired" if failed else "released"
+        by_event: dict[str, list[str]] = {}
+        for lease in leases:
+            by_event.setdefault(lease.event_id, []).extend(lease.seats)
+        for event_id, seats in by_event.items():
+            self.telemetry.lock(action, event_id, seats, leases[0].owner)
 
     # ================================================================== health
     async def readiness(self) -> dict[str, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import trio
 
@@ -57,6 +57,10 @@ class InProcessLocks:
             self._held[(event_id, seat)] = (token, now + ttl_ms / 1000)
             leases[seat] = SeatLease(event_id, (seat,), owner, token, self._fence, now + ttl_ms / 1000)
         return leases
+
+    async def release_many(self, leases: Iterable[SeatLease]) -> None:
+        for lease in leases:
+            await self.release(lease)
 
     async def release(self, lease: SeatLease) -> None:
         """Compare-and-delete: only the holder of the token frees the seat."""

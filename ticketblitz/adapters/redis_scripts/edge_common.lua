@@ -1,0 +1,118 @@
+-- Shared by the edge admission scripts (RedisAdmission prepends it to each of them): the key layout and
+-- the bookkeeping steps of ticketblitz/domain/inventory.py (EdgeInventory), which these scripts mirror
+-- step for step. Per event EVT (the hash tag keeps one event's keys in one slot):
+--   tb:{EVT}:stock  hash  remaining, max_per_user
+--   tb:{EVT}:taken  hash  seat -> booking id that reserved, holds or bought it
+--   tb:{EVT}:users  hash  user -> seats reserved or owned (absent when 0)
+--   tb:{EVT}:res    hash  booking id -> reservation {"user_id", "quantity", "seats"} of a pending booking
+--   tb:{EVT}:keys   hash  Idempotency-Key -> "<booking id> <fingerprint>"
+-- and tb:pending:<booking id>, the booking accepted but not yet in the store (JSON, with a TTL).
+--
+-- The edge state is a cache rebuilt from the store; tb:edge:ready marks it complete. Every script that
+-- reads or changes it first checks the marker and answers EDGE_MISSING without touching anything when
+-- it is gone (Redis restarted or was flushed), so that the caller rebuilds and asks again.
+
+local READY = 'tb:edge:ready'
+local EDGE_MISSING = 'edge_missing'
+local SEAT_UPDATES = 'seat-updates'
+
+local function edge_key(event_id, part)
+  return 'tb:{' .. event_id .. '}:' .. part
+end
+
+local function pending_key(booking_id)
+  return 'tb:pending:' .. booking_id
+end
+
+local function edge_is_missing()
+  return redis.call('EXISTS', READY) == 0
+end
+
+-- EdgeInventory._add_user: a user's count moves by delta; a count that reaches 0 disappears.
+local function add_user(event_id, user_id, delta)
+  if delta == 0 then
+    return
+  end
+  local users = edge_key(event_id, 'users')
+  if redis.call('HINCRBY', users, user_id, delta) <= 0 then
+    redis.call('HDEL', users, user_id)
+  end
+end
+
+local function take(event_id, seats, booking_id)
+  local taken = edge_key(event_id, 'taken')
+  for _, seat in ipairs(seats) do
+    redis.call('HSET', taken, seat, booking_id)
+  end
+end
+
+-- EdgeInventory._untake: free only the seats this booking itself has in `taken`; a seat it named may
+-- meanwhile be held by another booking (the store's picker does not know edge reservations).
+local function untake(event_id, seats, booking_id)
+  local taken = edge_key(event_id, 'taken')
+  for _, seat in ipairs(seats) do
+    if redis.call('HGET', taken, seat) == booking_id then
+      redis.call('HDEL', taken, seat)
+    end
+  end
+end
+
+-- EdgeInventory._reserve: set aside `quantity` seats (the named ones in `seats`) for a pending booking.
+local function reserve(event_id, booking_id, user_id, quantity, seats)
+  if quantity > 0 then  -- (Lua writes -0 as "-0", which HINCRBY refuses)
+    redis.call('HINCRBY', edge_key(event_id, 'stock'), 'remaining', -quantity)
+  end
+  take(event_id, seats, booking_id)
+  add_user(event_id, user_id, quantity)
+  redis.call('HSET', edge_key(event_id, 'res'), booking_id,
+             cjson.encode({user_id = user_id, quantity = quantity, seats = seats}))
+end
+
+-- EdgeInventory.settle: the store decided; the seats now held replace what was reserved.
+-- Returns false when the booking has no reservation (settled before: a redelivered decision).
+local function settle(event_id, booking_id, held)
+  local res = edge_key(event_id, 'res')
+  local raw = redis.call('HGET', res, booking_id)
+  if not raw then
+    return false
+  end
+  redis.call('HDEL', res, booking_id)
+  local stock = edge_key(event_id, 'stock')
+  if redis.call('EXISTS', stock) == 0 then
+    return true
+  end
+  local reservation = cjson.decode(raw)
+  redis.call('HINCRBY', stock, 'remaining', reservation.quantity - #held)
+  untake(event_id, reservation.seats, booking_id)
+  take(event_id, held, booking_id)
+  add_user(event_id, reservation.user_id, #held - reservation.quantity)
+  return true
+end
+
+-- Tell the visualizers (the original's channel) which seats changed, one message per event.
+-- seats_by_event: event id -> list of seats; events: the event ids in first-seen order.
+local function publish_seats(events, seats_by_event, status)
+  for _, event_id in ipairs(events) do
+    local seats = seats_by_event[event_id]
+    if #seats > 0 then
+      redis.call('PUBLISH', SEAT_UPDATES, cjson.encode({event_id = event_id, seats = seats, status = status}))
+    end
+  end
+end
+
+-- Collects seats per event for publish_seats, keeping the order in which events first appear.
+local function seat_collector()
+  local events, seats_by_event = {}, {}
+  local function add(event_id, seats)
+    local list = seats_by_event[event_id]
+    if list == nil then
+      list = {}
+      seats_by_event[event_id] = list
+      events[#events + 1] = event_id
+    end
+    for _, seat in ipairs(seats) do
+      list[#list + 1] = seat
+    end
+  end
+  return add, events, seats_by_event
+end

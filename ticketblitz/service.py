@@ -435,7 +435,8 @@ class BookingService:
             ready = [b for b in batch if all((b.event_id, s) in leases for s in b.requested_seats)]
             later = [b for b in batch if not all((b.event_id, s) in leases for s in b.requested_seats)]
             try:
-                decided = await self.store.decide(ready, self.clock()) if ready else []
+                # insert: a booking from Kafka is not in the store yet (embedded: it is, and stays as is)
+                decided = await self.store.decide(ready, self.clock(), insert=True) if ready else []
             except Unavailable as exc:
                 log.warning("store refused a batch of %d, retrying: %s", len(ready), exc.detail)
                 await self.queue.retry(ready)

@@ -103,6 +103,16 @@ class RedisAdmission:
             return []
         requests = [_admit_request(item) for item in items]
         replies = await self._edit(self._admit, [orjson.dumps(requests), self.pending_ttl_s], "admit")
+        unknown = [i for i, reply in enumerate(replies) if reply == "unknown_event"]
+        if unknown and self._store is not None:
+            # an event the store has but this Redis lost (evicted, or a partial loss): rebuild everything
+            # from the store once, then admit just those requests again
+            await self._link.run(lambda: self._link.client.delete(READY_KEY), "forget edge")
+            await self._rebuild_if_missing()
+            again = [requests[i] for i in unknown]
+            retried = await self._edit(self._admit, [orjson.dumps(again), self.pending_ttl_s], "admit")
+            for i, reply in zip(unknown, retried, strict=True):
+                replies[i] = reply
         return [_admit_result(reply, item.booking) for reply, item in zip(replies, items, strict=True)]
 
     async def withdraw(self, bookings: Sequence[Booking]) -> None:

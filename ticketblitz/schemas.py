@@ -36,7 +36,7 @@ class EventIn(BaseModel):
 
     model_config = _STRICT
     name: str = Field(min_length=1, max_length=200, pattern=_NO_CONTROL)
-    venue: str | None = Field(default=None, max_length=200)
+    venue: str | None = Field(default=None, max_length=200, pattern=_NO_CONTROL)
     starts_at: datetime | None = Field(default=None, description="RFC 3339 timestamp")
     sections: list[SectionIn] = Field(min_length=1, max_length=50)
     max_per_user: int = Field(default=4, ge=1, le=20)

@@ -181,7 +181,8 @@ async def test_rejected_booking_says_why(harness: Harness) -> None:
     event = await harness.create_event(rows=1, seats_per_row=2, max_per_user=1)
     results = []
     for user, seat in (("a", 1), ("b", 1), ("a", 2)):
-        r = await harness.client.post("/api/book-async", json={"userId": user, "seatNumber": seat, "eventId": event["id"]})
+        body = {"userId": user, "seatNumber": seat, "eventId": event["id"]}
+        r = await harness.client.post("/api/book-async", json=body)
         assert r.status_code == 202
         results.append(await harness.settle(r.json()["booking"]["id"]))
     assert [b["status"] for b in results] == ["held", "rejected", "rejected"]

@@ -12,10 +12,11 @@ Several processes run `decide` at once. What keeps them exact:
   in sorted order: nothing else can change a user's seat count or claim a key while a batch decides;
 - named seats are locked `FOR UPDATE` in map order before any decision: whoever holds them decides;
 - best-available seats come from a window of rows that nobody else is claiming (`FOR UPDATE SKIP
-  LOCKED`, alf.io's pattern). A claim locks only the seats it takes, so deciders skip each other
-  instead of queueing;
-- every claim is a conditional write (`status = 'available'`) with its row count checked, and a seat
-  row has room for exactly one booking;
+  LOCKED`, alf.io's pattern, with the locks dropped right after the read). The batch is planned in
+  memory with `rules.decide`, then only the seats it picked are locked, skipping rows others hold;
+  a seat lost that way means planning again without it. Deciders skip each other instead of queueing;
+- every claim is a conditional write (`status = 'available'`) with its row count checked per booking,
+  and a seat row has room for exactly one booking;
 - the counters on `events` are written last, in id order.
 
 So a transaction only ever waits for locks that every transaction takes in the same order, or for a
@@ -118,6 +119,7 @@ _MIGRATION_LOCK = 0x7462_0001
 _MIN_WINDOW = 64
 _WIDEN = 16  # one widening multiplies the window by this
 _MAX_READS = 4  # window reads per event per batch: the first, one widening, refreshes after losses
+_MAX_ROUNDS = 32  # plan-and-lock rounds per batch; each one learns something (a read, a lost seat)
 # Shorter than PostgreSQL's deadlock_timeout (1 s): we give up before a wait could be called a deadlock.
 _CONTESTED_WAIT_MS = 250
 
@@ -138,22 +140,20 @@ _WINDOW_SQL = f"""
     FOR UPDATE SKIP LOCKED
 """
 
-# All or nothing per booking, in one round trip: lock the requested seats that are still available
-# (skipping rows other transactions hold) and claim them only if every one was locked. Answers which
-# seats were lockable and how many rows were claimed.
+# The seats a batch picked from its window, locked for the rest of the transaction. Rows that another
+# transaction holds are skipped: they count as lost and the batch picks again without them. Seats are
+# found by primary key (event, position), whose plan needs no statistics about a freshly created event.
+_LOCK_SQL = """
+    SELECT id FROM seats
+    WHERE event_id = %s AND position = ANY(%s::int[]) AND status = 'available'
+    FOR UPDATE SKIP LOCKED
+"""
+
+# The conditional write that keeps a seat single: one statement per booking, its row count checked.
 _CLAIM_SQL = """
-    WITH free AS MATERIALIZED (
-        SELECT position, id FROM seats
-        WHERE event_id = %(event)s AND id = ANY(%(seats)s::text[]) AND status = 'available'
-        FOR UPDATE SKIP LOCKED
-    ), claimed AS (
-        UPDATE seats s SET status = 'held', booking_id = %(booking)s, user_id = %(user)s
-        FROM free
-        WHERE s.event_id = %(event)s AND s.position = free.position AND s.status = 'available'
-          AND (SELECT count(*) FROM free) = %(n)s
-        RETURNING s.id
-    )
-    SELECT coalesce((SELECT array_agg(id) FROM free), '{}'), (SELECT count(*) FROM claimed)
+    UPDATE seats SET status = 'held', booking_id = %s, user_id = %s
+    WHERE event_id = %s AND position = ANY(%s::int[]) AND status = 'available'
+    RETURNING id
 """
 
 
@@ -198,6 +198,12 @@ def _one(cur: psycopg.Cursor[Any]) -> tuple[Any, ...]:
     row = cur.fetchone()
     assert row is not None, "the query returns one row"
     return row
+
+
+def _storable(*texts: str) -> bool:
+    """PostgreSQL text cannot hold NUL: an id or key with one was never stored, so a lookup finds nothing
+    (as in SqliteStore), instead of failing on the driver's DataError."""
+    return not any("\x00" in t for t in texts)
 
 
 def _ms_left(deadline: float) -> int:
@@ -298,6 +304,19 @@ def _add_to_counters(conn: Conn, deltas: dict[str, tuple[int, int, int]]) -> Non
         )
 
 
+def _claim(conn: Conn, claims: Sequence[tuple[Booking, list[int]]]) -> None:
+    """Hold each booking's seats with a conditional write, all pipelined in one round trip. The seats
+    are locked and were checked, so a short row count means a bug: the whole batch is rolled back."""
+    if not claims:
+        return
+    cur = conn.cursor()
+    cur.executemany(_CLAIM_SQL, [(b.id, b.user_id, b.event_id, positions) for b, positions in claims], returning=True)
+    for b, positions in claims:  # one result per booking, in order
+        if len(cur.fetchall()) != len(positions):
+            raise Unavailable(f"seat rows changed under booking {b.id}", component="store")
+        cur.nextset()
+
+
 def _adjacent(refs: dict[str, SeatRef], seats: Sequence[str]) -> bool:
     first = refs[seats[0]]
     return all(
@@ -315,27 +334,20 @@ class _Candidates:
     size: int  # rows the next window read asks for
     refs: dict[str, SeatRef] = field(default_factory=dict)
     mine: set[str] = field(default_factory=set)  # locked by this transaction
-    taken: set[str] = field(default_factory=set)  # claimed by this batch
-    gone: set[str] = field(default_factory=set)  # claimed by another transaction since we read them
+    gone: set[str] = field(default_factory=set)  # locked or claimed by another transaction since we read them
     reads: int = 0
     complete: bool = False  # the last read saw every available seat that nobody else had locked
     widened: bool = False
     waited: bool = False
-    _picker: rules.SeatPicker | None = None
 
-    @property
     def picker(self) -> rules.SeatPicker:
-        if self._picker is None:
-            self._picker = rules.SeatPicker(
-                ref for sid, ref in self.refs.items() if sid not in self.taken and sid not in self.gone
-            )
-        return self._picker
+        """A fresh picker over the seats worth trying (planning takes seats from it)."""
+        return rules.SeatPicker(ref for sid, ref in self.refs.items() if sid not in self.gone)
 
     def add_locked(self, rows: Iterable[Sequence[Any]]) -> None:
         for r in rows:
             self.refs[r[0]] = SeatRef(*r[:5])
             self.mine.add(r[0])
-        self._picker = None
 
     def read_window(self, conn: Conn, *, widen: bool) -> None:
         if widen:
@@ -351,31 +363,37 @@ class _Candidates:
         self.refs = {sid: self.refs[sid] for sid in self.mine}
         self.refs.update((r[0], SeatRef(*r)) for r in rows)
         self.gone.clear()
-        self._picker = None
 
-    def claim(self, conn: Conn, booking: Booking, seats: tuple[str, ...]) -> set[str]:
-        """Hold these seats for the booking, all or none; returns the seats another transaction got first."""
-        free, claimed = _one(conn.execute(_CLAIM_SQL, {
-            "event": booking.event_id, "seats": list(seats), "booking": booking.id, "user": booking.user_id,
-            "n": len(seats),
-        }))
-        self.mine.update(free)
-        if claimed == len(seats):
-            self.taken.update(seats)
-            return set()
-        lost = set(seats) - set(free)
-        if not lost:  # every seat locked and available, yet not claimed: never half-write a batch
-            raise Unavailable(f"seat rows changed under booking {booking.id}", component="store")
-        self.gone |= lost
-        self._picker = None
-        return lost
+    def may_find_more(self, decision: rules.Decision) -> bool:
+        """Whether a quantity booking's decision could improve with another look at the seats: its pick
+        is not adjacent and the window was never widened, or there are too few seats but others may exist."""
+        if decision.held:
+            return not self.complete and not self.widened and not _adjacent(self.refs, decision.seats)
+        if decision.reason != "sold_out":
+            return False
+        return self.reads < _MAX_READS if not self.complete else not self.waited
 
-    def wait_for_contested(self, conn: Conn, quantity: int) -> bool:
+    def find_more(self, conn: Conn, quantity: int) -> None:
+        if not self.complete:
+            self.read_window(conn, widen=not self.widened)
+        else:
+            self.wait_for_contested(conn, quantity)
+
+    def lock(self, conn: Conn, seats: Sequence[str]) -> bool:
+        """Lock these picked seats; False when another transaction got some first (now `gone`)."""
+        wanted = [s for s in seats if s not in self.mine]
+        if not wanted:
+            return True
+        got = {r[0] for r in conn.execute(_LOCK_SQL, (self.event.id, [self.refs[s].position for s in wanted]))}
+        self.mine |= got
+        self.gone.update(s for s in wanted if s not in got)
+        return len(got) == len(wanted)
+
+    def wait_for_contested(self, conn: Conn, quantity: int) -> None:
         """At the end of a sale, wait briefly for the available seats that other transactions have locked.
 
-        They are usually being claimed, but a batch that locked a named seat and then refused the
-        booking releases it. Without this wait, we would answer sold out while a seat is about to
-        come back. Returns whether any seat came back.
+        They are usually being claimed, but another batch may lock more than it finally takes. Without
+        this wait, we would answer sold out while a seat is about to come back.
         """
         self.waited = True
         previous = _one(conn.execute("SELECT current_setting('lock_timeout')"))[0]
@@ -385,13 +403,46 @@ class _Candidates:
                 rows = conn.execute(
                     f"SELECT {_SEAT_REF_COLUMNS} FROM seats WHERE event_id = %s AND status = 'available' "
                     "AND NOT (id = ANY(%s::text[])) ORDER BY position LIMIT %s FOR UPDATE",
-                    (self.event.id, list(self.refs), quantity),
+                    (self.event.id, [s for s in self.refs if s not in self.gone], quantity),
                 ).fetchall()
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", (previous,))
         except psycopg.errors.LockNotAvailable:
-            return False
+            return
         self.add_locked(rows)
-        return bool(rows)
+        self.gone.difference_update(r[0] for r in rows)
+
+
+def _owned_seats(conn: Conn, bookings: Sequence[Booking]) -> Counter[tuple[str, str]]:
+    """Seats held or sold per (event, user) of these bookings (read under their owner locks)."""
+    pairs = sorted({(b.event_id, b.user_id) for b in bookings})
+    rows = conn.execute(
+        "SELECT s.event_id, s.user_id, count(*) FROM seats s "
+        "JOIN unnest(%s::text[], %s::text[]) AS k(event_id, user_id) "
+        "ON s.event_id = k.event_id AND s.user_id = k.user_id GROUP BY 1, 2",
+        ([p[0] for p in pairs], [p[1] for p in pairs]),
+    )
+    return Counter({(r[0], r[1]): r[2] for r in rows})
+
+
+def _lock_named_seats(
+    conn: Conn, pending: Sequence[Booking], cands: dict[str, _Candidates], owned: Counter[tuple[str, str]]
+) -> None:
+    """Lock the seats that bookings name, before anything is decided, in (event, position) order, the order
+    every batch follows; the available ones become candidates. Bookings that the limit refuses anyway
+    are left out: locking their seats would only hide them from others."""
+    named: dict[str, set[int]] = defaultdict(set)
+    for b in pending:
+        event = cands[b.event_id].event
+        if b.is_named and owned[(b.event_id, b.user_id)] + b.quantity <= event.max_per_user:
+            refs = (rules.locate_seat(event, seat) for seat in b.requested_seats)
+            named[b.event_id].update(ref.position for ref in refs if ref is not None)
+    for event_id in sorted(named):
+        rows = conn.execute(
+            f"SELECT {_SEAT_REF_COLUMNS}, status FROM seats WHERE event_id = %s AND position = ANY(%s::int[]) "
+            "ORDER BY position FOR UPDATE",
+            (event_id, sorted(named[event_id])),
+        ).fetchall()
+        cands[event_id].add_locked(r for r in rows if r[5] == SeatStatus.AVAILABLE.value)
 
 
 def _window_size(quantities: Sequence[int]) -> int:
@@ -399,32 +450,44 @@ def _window_size(quantities: Sequence[int]) -> int:
     return max(_MIN_WINDOW, 32 * max(quantities, default=0), 2 * sum(quantities))
 
 
-def _decide_one(
-    conn: Conn, booking: Booking, cands: _Candidates, owned: int, avoid: frozenset[str]
-) -> rules.Decision:
-    """`rules.decide` against the candidates; claims the seats it gives. Widens the window once when
-    the best pick is not adjacent, and rereads when the window runs out while more seats may exist."""
-    while True:
-        if not booking.is_named and cands.reads == 0:
-            cands.read_window(conn, widen=False)
-        decision = rules.decide(booking, cands.event, owned, cands.picker, avoid)
+def _plan(
+    pending: Sequence[Booking], cands: dict[str, _Candidates], owned: Counter[tuple[str, str]], avoid: frozenset[str]
+) -> tuple[list[rules.Decision], Booking | None]:
+    """Decide the batch in order with `rules.decide` against the candidates, writing nothing. Stops at
+    the first quantity booking whose decision could improve with another look at the seats and returns it."""
+    pickers = {e: c.picker() for e, c in cands.items()}
+    counts = Counter(owned)
+    decisions: list[rules.Decision] = []
+    for b in pending:
+        c = cands[b.event_id]
+        decision = rules.decide(b, c.event, counts[(b.event_id, b.user_id)], pickers[b.event_id], avoid)
+        if not b.is_named and c.may_find_more(decision):
+            return decisions, b
         if decision.held:
-            if (not booking.is_named and not cands.complete and not cands.widened
-                    and not _adjacent(cands.refs, decision.seats)):
-                cands.read_window(conn, widen=True)  # adjacent seats may lie past the window
-                continue
-            if not cands.claim(conn, booking, decision.seats):
-                return decision
-            if booking.is_named:  # we locked these seats before deciding: nobody can take them
-                raise Unavailable(f"named seats of booking {booking.id} changed while locked", component="store")
-            continue  # another transaction got some first: pick again without them
-        if decision.reason == "sold_out":
-            if not cands.complete and cands.reads < _MAX_READS:
-                cands.read_window(conn, widen=not cands.widened)
-                continue
-            if cands.complete and not cands.waited and cands.wait_for_contested(conn, booking.quantity):
-                continue
-        return decision
+            counts[(b.event_id, b.user_id)] += len(decision.seats)
+        decisions.append(decision)
+    return decisions, None
+
+
+def _plan_and_lock(
+    conn: Conn, pending: Sequence[Booking], cands: dict[str, _Candidates], owned: Counter[tuple[str, str]],
+    avoid: frozenset[str],
+) -> list[rules.Decision]:
+    """Plan the batch, then lock the best-available seats it picked, one statement per event. When
+    another transaction got some of them first, plan again without them: a collision costs a round
+    trip per batch, not per booking. Named seats were locked before planning."""
+    for _ in range(_MAX_ROUNDS):
+        decisions, short = _plan(pending, cands, owned, avoid)
+        if short is not None:
+            cands[short.event_id].find_more(conn, short.quantity)
+            continue
+        picked: dict[str, list[str]] = defaultdict(list)
+        for b, d in zip(pending, decisions, strict=True):
+            if d.held and not b.is_named:
+                picked[b.event_id].extend(d.seats)
+        if all([cands[e].lock(conn, seats) for e, seats in picked.items()]):  # a list: lock every event
+            return decisions
+    raise Unavailable("the seats changed under the batch too often; retry it", component="store")
 
 
 class PostgresStore:
@@ -469,7 +532,12 @@ class PostgresStore:
             await trio.to_thread.run_sync(pool.close)
             raise Unavailable(f"the store is unreachable: {exc}", component="store") from exc
         self._pool = pool
-        self.applied_migrations = await self._call(_migrate)
+        try:
+            self.applied_migrations = await self._call(_migrate)
+        except BaseException:
+            with trio.CancelScope(shield=True):  # a half-open store helps nobody: the next open() starts afresh
+                await self.close()
+            raise
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -538,9 +606,17 @@ class PostgresStore:
                     copy.write_row((event.id, r.position, r.id, r.section, r.row, r.number))
 
         await self._call(tx)
+        try:
+            # Fresh statistics, or the planner would scan and sort the whole event on each window read
+            # until autovacuum gets to it. Run after the commit: its lock would serialize creations.
+            await self._call(lambda conn: conn.execute("ANALYZE seats"), transaction=False)
+        except Unavailable:
+            pass  # the event exists all the same; autovacuum will analyze later
         return event.with_counts(Counts(event.capacity, 0, 0))
 
     async def get_event(self, event_id: str) -> Event | None:
+        if not _storable(event_id):
+            return None
         row = await self._call(
             lambda conn: conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = %s", (event_id,)).fetchone(),
             transaction=False,
@@ -555,6 +631,8 @@ class PostgresStore:
         return [_event(r) for r in rows]
 
     async def seats(self, event_id: str) -> list[Seat]:
+        if not _storable(event_id):
+            return []
         rows = await self._call(
             lambda conn: conn.execute(
                 "SELECT id, section, row, number, position, status FROM seats WHERE event_id = %s ORDER BY position",
@@ -566,6 +644,8 @@ class PostgresStore:
 
     async def seat_counts(self, event_id: str) -> Counts:
         """Counts recomputed from the seat rows (the invariant checks compare them with the event's)."""
+        if not _storable(event_id):
+            return Counts(0, 0, 0)
         rows = await self._call(
             lambda conn: conn.execute(
                 "SELECT status, count(*) FROM seats WHERE event_id = %s GROUP BY status", (event_id,)
@@ -577,10 +657,14 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ bookings
     async def get_booking(self, booking_id: str) -> Booking | None:
+        if not _storable(booking_id):
+            return None
         found = await self._call(lambda conn: _bookings_by_id(conn, [booking_id]), transaction=False)
         return found.get(booking_id)
 
     async def bookings_of_event(self, event_id: str) -> list[Booking]:
+        if not _storable(event_id):
+            return []
         rows = await self._call(
             lambda conn: conn.execute(
                 f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = %s ORDER BY created_at, id", (event_id,)
@@ -590,7 +674,8 @@ class PostgresStore:
         return [_booking(r) for r in rows]
 
     async def find_idempotent(self, event_id: str, keys: Sequence[str]) -> dict[str, Booking]:
-        if not keys:
+        keys = [k for k in keys if _storable(k)]
+        if not keys or not _storable(event_id):
             return {}
         rows = await self._call(
             lambda conn: conn.execute(
@@ -644,62 +729,51 @@ class PostgresStore:
         # each booking of the batch decided once, in batch order; a redelivery gets the first decision
         pending = [stored[i] for i in dict.fromkeys(b.id for b in bookings)
                    if i in stored and stored[i].status is BookingStatus.PENDING]
-        decided = PostgresStore._decide_pending(conn, pending, now)
+        # Best-available leaves to the bookings that name them the seats named in the batch as passed,
+        # like SqliteStore (so a redelivery or a key's twin counts too, though neither is decided here).
+        decided = PostgresStore._decide_pending(conn, pending, now, rules.named_seats(bookings))
         return [decided.get(i) or stored[i] for i in answers]
 
     @staticmethod
-    def _decide_pending(conn: Conn, pending: Sequence[Booking], now: float) -> dict[str, Booking]:
+    def _decide_pending(
+        conn: Conn, pending: Sequence[Booking], now: float, avoid: frozenset[str]
+    ) -> dict[str, Booking]:
         if not pending:
             return {}
         events = {r[0]: _event(r) for r in conn.execute(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ANY(%s::text[])", (list({b.event_id for b in pending}),)
         )}
-        pairs = sorted({(b.event_id, b.user_id) for b in pending})
-        owned: Counter[tuple[str, str]] = Counter({(r[0], r[1]): r[2] for r in conn.execute(
-            "SELECT s.event_id, s.user_id, count(*) FROM seats s "
-            "JOIN unnest(%s::text[], %s::text[]) AS k(event_id, user_id) "
-            "ON s.event_id = k.event_id AND s.user_id = k.user_id GROUP BY 1, 2",
-            ([p[0] for p in pairs], [p[1] for p in pairs]),
-        )})
+        owned = _owned_seats(conn, pending)
         cands = {
             e: _Candidates(event, _window_size([b.quantity for b in pending if b.event_id == e and not b.is_named]))
             for e, event in events.items()
         }
-        # Lock the named seats up front, in (event, position) order, which every batch follows. Skip those
-        # of bookings that must be refused for the limit anyway: locking them would only hide them.
-        named: dict[str, set[str]] = defaultdict(set)
-        for b in pending:
-            if b.is_named and owned[(b.event_id, b.user_id)] + b.quantity <= events[b.event_id].max_per_user:
-                named[b.event_id].update(b.requested_seats)
-        for event_id in sorted(named):
-            rows = conn.execute(
-                f"SELECT {_SEAT_REF_COLUMNS}, status FROM seats WHERE event_id = %s AND id = ANY(%s::text[]) "
-                "ORDER BY position FOR UPDATE",
-                (event_id, sorted(named[event_id])),
-            ).fetchall()
-            cands[event_id].add_locked(r for r in rows if r[5] == SeatStatus.AVAILABLE.value)
+        _lock_named_seats(conn, pending, cands, owned)
+        for e in sorted(cands):
+            if any(b.event_id == e and not b.is_named for b in pending):
+                cands[e].read_window(conn, widen=False)
+        decisions = _plan_and_lock(conn, pending, cands, owned, avoid)
 
-        decided: dict[str, Booking] = {}
-        avoid = rules.named_seats(pending)  # best-available leaves these to the bookings that name them
-        for b in pending:
-            decision = _decide_one(conn, b, cands[b.event_id], owned[(b.event_id, b.user_id)], avoid)
-            if decision.held:
-                owned[(b.event_id, b.user_id)] += len(decision.seats)
-            decided[b.id] = rules.apply_decision(b, events[b.event_id], decision, now)
-
+        held = [(b, d) for b, d in zip(pending, decisions, strict=True) if d.held]
+        _claim(conn, [(b, [cands[b.event_id].refs[s].position for s in d.seats]) for b, d in held])
+        decided = [rules.apply_decision(b, events[b.event_id], d, now) for b, d in zip(pending, decisions, strict=True)]
         cur = conn.cursor()
         cur.executemany(
             "UPDATE bookings SET status = %s, reason = %s, seat_ids = %s::text[], expires_at = %s, updated_at = %s "
             "WHERE id = %s AND status = 'pending'",
-            [(d.status.value, d.reason, list(d.seat_ids), d.expires_at, now, d.id) for d in decided.values()],
+            [(d.status.value, d.reason, list(d.seat_ids), d.expires_at, now, d.id) for d in decided],
         )
         if cur.rowcount != len(decided):  # the owner locks make this impossible; never write half a batch
             raise Unavailable("a booking of the batch was decided elsewhere", component="store")
-        held = {e: len(c.taken) for e, c in cands.items()}
-        _add_to_counters(conn, {e: (-n, n, 0) for e, n in held.items()})
-        return decided
+        taken: Counter[str] = Counter()
+        for b, d in held:
+            taken[b.event_id] += len(d.seats)
+        _add_to_counters(conn, {e: (-n, n, 0) for e, n in taken.items()})
+        return {d.id: d for d in decided}
 
     async def confirm(self, booking_id: str, now: float) -> tuple[Booking, bool]:
+        if not _storable(booking_id):
+            raise NotFound(f"booking {booking_id!r} does not exist")
         def tx(conn: Conn) -> tuple[Booking, bool]:
             booking = _load_booking(conn, booking_id)
             if not rules.check_confirm(booking, now):
@@ -733,6 +807,8 @@ class PostgresStore:
         return [replace(b, status=status, updated_at=now) for b in bookings]
 
     async def cancel(self, booking_id: str, now: float) -> Booking:
+        if not _storable(booking_id):
+            raise NotFound(f"booking {booking_id!r} does not exist")
         def tx(conn: Conn) -> Booking:
             booking = _load_booking(conn, booking_id)
             rules.check_cancel(booking)
@@ -746,7 +822,7 @@ class PostgresStore:
             # several sweepers (one per process) share the work instead of queueing.
             rows = conn.execute(
                 f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'held' AND expires_at <= %s "
-                "ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                "ORDER BY expires_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
                 (now, limit),
             ).fetchall()
             return self._release(conn, [_booking(r) for r in rows], BookingStatus.EXPIRED, now) if rows else []

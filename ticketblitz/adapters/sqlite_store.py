@@ -298,10 +298,12 @@ class SqliteStore:
             )
         except sqlite3.IntegrityError:
             # the same booking delivered again, or its Idempotency-Key already taken by another booking
-            row = db.execute(
-                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ? OR (event_id = ? AND idem_key = ?)",
-                (b.id, b.event_id, b.idempotency_key),
-            ).fetchone()
+            row = db.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ?", (b.id,)).fetchone()
+            if row is None:
+                row = db.execute(
+                    f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = ? AND idem_key = ?",
+                    (b.event_id, b.idempotency_key),
+                ).fetchone()
             if row is None:
                 raise
             return _booking(row)

@@ -3,12 +3,14 @@ and a distributed one (PostgreSQL, Kafka, Redis) that implement the same methods
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .domain.errors import BookingError
 from .domain.model import Booking, Event, Seat
+
+Fences = Mapping[tuple[str, str], int]  # (event_id, seat_id) -> fencing number of the lock held on it
 
 
 @dataclass(slots=True)
@@ -63,12 +65,18 @@ class Store(Protocol):
     async def pending_bookings(self, limit: int) -> list[Booking]:
         """Bookings still pending, oldest first (the embedded queue resumes from them)."""
 
-    async def decide(self, bookings: Sequence[Booking], now: float, *, insert: bool = False) -> list[Booking]:
+    async def decide(self, bookings: Sequence[Booking], now: float, *, insert: bool = False,
+                     fences: Fences | None = None) -> list[Booking]:
         """Decide pending bookings in one transaction, in order, with `rules.decide`: claim seats by
         conditional writes (`status = 'available'`), hold them until now + hold_seconds, or reject with
         a reason. A booking no longer pending is returned as stored (a redelivery changes nothing).
         With `insert`, bookings not yet stored are inserted first (an id already stored is not an
-        error); one whose Idempotency-Key belongs to another booking yields that other booking."""
+        error); one whose Idempotency-Key belongs to another booking yields that other booking.
+        `fences`: the fencing numbers of the seat locks held; a named booking whose number is not above
+        the one its seat last recorded is stale (its lease lapsed) and is returned still pending."""
+
+    async def fence_floor(self) -> int:
+        """The highest fencing number any seat recorded (lock services start counting above it)."""
 
     async def confirm(self, booking_id: str, now: float) -> tuple[Booking, bool]:
         """Held and not lapsed → confirmed, seats sold; (booking, changed). Confirmed → (booking, False).
@@ -123,6 +131,9 @@ class SeatLocks(Protocol):
 
     async def release_many(self, leases: Iterable[SeatLease]) -> None:
         """`release` for many leases in one round trip."""
+
+    async def raise_fence(self, floor: int) -> None:
+        """Make the next fencing numbers greater than `floor` (after a restart or a loss of the counter)."""
 
 
 @dataclass(frozen=True, slots=True)

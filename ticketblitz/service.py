@@ -86,6 +86,7 @@ class BookingService:
         for event in events:
             self._remember(event)
         await self.admission.ensure(self.store)
+        await self.locks.raise_fence(await self.store.fence_floor())
         for event in events:  # created while admission was kept elsewhere (no-op for known events)
             counts = event.counts
             await self.admission.add_event(event.id, counts.available if counts else event.capacity,
@@ -436,13 +437,21 @@ class BookingService:
             later = [b for b in batch if not all((b.event_id, s) in leases for s in b.requested_seats)]
             try:
                 # insert: a booking from Kafka is not in the store yet (embedded: it is, and stays as is)
-                decided = await self.store.decide(ready, self.clock(), insert=True) if ready else []
+                fences = {key: lease.fence for key, lease in leases.items()}
+                decided = await self.store.decide(ready, self.clock(), insert=True, fences=fences) if ready else []
             except Unavailable as exc:
                 log.warning("store refused a batch of %d, retrying: %s", len(ready), exc.detail)
                 await self.queue.retry(ready)
                 await trio.sleep(0.2)
                 decided = []
             else:
+                stale = [b for b in decided if b.status is BookingStatus.PENDING]
+                if stale:  # our leases were older than a seat's last write: count above it, then retry
+                    await self.locks.raise_fence(await self.store.fence_floor())
+                    later.extend(stale)
+                    done = {b.id for b in stale}
+                    ready = [b for b in ready if b.id not in done]
+                    decided = [b for b in decided if b.id not in done]
                 await self.queue.ack(ready)
         finally:
             if leases:

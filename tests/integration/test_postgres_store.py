@@ -647,3 +647,40 @@ async def test_same_answers_as_the_embedded_store(databases: Databases, tmp_path
     await check_invariants(store, event)
     for s in (embedded, store):
         await s.close()
+
+
+# ---------------------------------------------------------------------- fencing
+@pytest.fixture(params=["postgres", "sqlite"])
+async def fenced_store(request: pytest.FixtureRequest, database_url: str, tmp_path: Any
+                       ) -> AsyncIterator[PostgresStore | SqliteStore]:
+    """Both stores check fencing numbers the same way."""
+    store: PostgresStore | SqliteStore = (
+        PostgresStore(database_url) if request.param == "postgres" else SqliteStore(tmp_path / "fence.db"))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_fencing_rejects_a_stale_token(fenced_store: PostgresStore | SqliteStore) -> None:
+    """A writer whose lock lapsed (an older fencing number than the seat's last write) cannot write."""
+    store = fenced_store
+    event = make_event()
+    await store.create_event(event)
+    now = time.time()
+    first = pending(event, "u1", seats=["A-1-1"])
+    (held,) = await store.decide([first], now, insert=True, fences={(event.id, "A-1-1"): 5})
+    assert held.status is BookingStatus.HELD
+    assert await store.fence_floor() >= 5
+    await store.cancel(first.id, now)  # the seat is available again ...
+    stale = pending(event, "u2", seats=["A-1-1"])
+    (answer,) = await store.decide([stale], now, insert=True, fences={(event.id, "A-1-1"): 3})
+    assert answer.status is BookingStatus.PENDING  # ... but a paused holder of lease 3 must not take it
+    assert {s.id: s.status for s in await store.seats(event.id)}["A-1-1"] is SeatStatus.AVAILABLE
+    fresh = pending(event, "u3", seats=["A-1-1"])
+    (ok,) = await store.decide([fresh], now, insert=True, fences={(event.id, "A-1-1"): 6})
+    assert ok.status is BookingStatus.HELD
+    (later,) = await store.decide([stale], now, fences={(event.id, "A-1-1"): 7})  # retried under a new lock
+    assert later.status is BookingStatus.REJECTED and later.reason == "seat_unavailable"
+    assert await store.fence_floor() == 6

@@ -205,3 +205,14 @@ async def test_throughput_of_256_seat_cycles(locks: RedisLocks) -> None:
         how = "release_many (1 call)" if release_all else "release per lease (256 calls)"
         print(f"\n256-seat lock cycles/s with {how}: {rate:.1f} ({rate * 256:.0f} seats/s)")
         assert cycles > 0
+
+
+async def test_raise_fence_keeps_numbers_above_the_stores_after_a_loss(locks: RedisLocks, raw: redis.Redis) -> None:
+    """After Redis lost the counter, the service raises it to the store's highest number."""
+    raw.delete("ticketblitz:fence")
+    await locks.raise_fence(1000)
+    lease = await locks.acquire("evt_f", ["A-1-1"], "o", 1000)
+    assert lease is not None and lease.fence > 1000
+    await locks.raise_fence(10)  # never lowers it
+    again = await locks.acquire_each("evt_f", ["A-1-2"], "o", 1000)
+    assert again["A-1-2"].fence > lease.fence

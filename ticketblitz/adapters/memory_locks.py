@@ -58,6 +58,10 @@ class InProcessLocks:
             leases[seat] = SeatLease(event_id, (seat,), owner, token, self._fence, now + ttl_ms / 1000)
         return leases
 
+    async def raise_fence(self, floor: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self._fence = max(self._fence, floor)
+
     async def release_many(self, leases: Iterable[SeatLease]) -> None:
         for lease in leases:
             await self.release(lease)

@@ -43,7 +43,7 @@ from psycopg_pool import ConnectionPool
 from ..domain import rules
 from ..domain.errors import NotFound, Unavailable
 from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus, Section
-from ..ports import EdgeSnapshot
+from ..ports import EdgeSnapshot, Fences
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
@@ -112,6 +112,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX seats_owner ON seats (event_id, user_id) WHERE user_id IS NOT NULL;
     CREATE INDEX seats_booking ON seats (booking_id) WHERE booking_id IS NOT NULL;
     """,
+    # 2: fencing numbers of the seat locks: a write with an older number than the seat's last one is refused
+    """
+    ALTER TABLE seats ADD COLUMN fence bigint NOT NULL DEFAULT 0;
+    """,
 ]
 
 # Any constant works, as long as every process uses the same one to serialize migrations.
@@ -151,7 +155,7 @@ _LOCK_SQL = """
 
 # The conditional write that keeps a seat single: one statement per booking, its row count checked.
 _CLAIM_SQL = """
-    UPDATE seats SET status = 'held', booking_id = %s, user_id = %s
+    UPDATE seats SET status = 'held', booking_id = %s, user_id = %s, fence = GREATEST(fence, %s)
     WHERE event_id = %s AND position = ANY(%s::int[]) AND status = 'available'
     RETURNING id
 """
@@ -304,17 +308,37 @@ def _add_to_counters(conn: Conn, deltas: dict[str, tuple[int, int, int]]) -> Non
         )
 
 
-def _claim(conn: Conn, claims: Sequence[tuple[Booking, list[int]]]) -> None:
+def _claim(conn: Conn, claims: Sequence[tuple[Booking, list[int]]], fences: Fences) -> None:
     """Hold each booking's seats with a conditional write, all pipelined in one round trip. The seats
     are locked and were checked, so a short row count means a bug: the whole batch is rolled back."""
     if not claims:
         return
     cur = conn.cursor()
-    cur.executemany(_CLAIM_SQL, [(b.id, b.user_id, b.event_id, positions) for b, positions in claims], returning=True)
+    cur.executemany(_CLAIM_SQL, [(b.id, b.user_id, _fence_of(b, fences), b.event_id, positions)
+                                 for b, positions in claims], returning=True)
     for b, positions in claims:  # one result per booking, in order
         if len(cur.fetchall()) != len(positions):
             raise Unavailable(f"seat rows changed under booking {b.id}", component="store")
         cur.nextset()
+
+
+def _fence_of(booking: Booking, fences: Fences) -> int:
+    """The fencing number a named booking's seat locks carry (0: not locked, e.g. best available)."""
+    return max((fences.get((booking.event_id, s), 0) for s in booking.requested_seats), default=0)
+
+
+def _stale(conn: Conn, pending: Sequence[Booking], fences: Fences) -> set[str]:
+    """Named bookings whose lock is older than a seat's last write (its lease lapsed and another writer
+    came by): they must not write. The seat rows are locked already, so the answer holds until commit."""
+    fenced = [b for b in pending if b.is_named and _fence_of(b, fences)]
+    if not fenced:
+        return set()
+    seen = {(r[0], r[1]): r[2] for r in conn.execute(
+        "SELECT event_id, id, fence FROM seats WHERE (event_id, id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+        ([b.event_id for b in fenced for _ in b.requested_seats], [s for b in fenced for s in b.requested_seats]),
+    )}
+    return {b.id for b in fenced
+            if any(seen.get((b.event_id, s), 0) >= fences.get((b.event_id, s), 0) for s in b.requested_seats)}
 
 
 def _adjacent(refs: dict[str, SeatRef], seats: Sequence[str]) -> bool:
@@ -704,13 +728,19 @@ class PostgresStore:
         )
         return [_booking(r) for r in rows]
 
-    async def decide(self, bookings: Sequence[Booking], now: float, *, insert: bool = False) -> list[Booking]:
+    async def decide(self, bookings: Sequence[Booking], now: float, *, insert: bool = False,
+                     fences: Fences | None = None) -> list[Booking]:
         if not bookings:
             return []
-        return await self._call(partial(self._decide, bookings=bookings, now=now, insert=insert))
+        return await self._call(partial(self._decide, bookings=bookings, now=now, insert=insert, fences=fences or {}))
+
+    async def fence_floor(self) -> int:
+        row = await self._call(lambda conn: conn.execute("SELECT coalesce(max(fence), 0) FROM seats").fetchone(),
+                               transaction=False)
+        return int(row[0]) if row else 0
 
     @staticmethod
-    def _decide(conn: Conn, *, bookings: Sequence[Booking], now: float, insert: bool) -> list[Booking]:
+    def _decide(conn: Conn, *, bookings: Sequence[Booking], now: float, insert: bool, fences: Fences) -> list[Booking]:
         _serialize_owners(conn, bookings)
         if insert:
             _insert_bookings(conn, bookings)
@@ -731,12 +761,12 @@ class PostgresStore:
                    if i in stored and stored[i].status is BookingStatus.PENDING]
         # Best-available leaves to the bookings that name them the seats named in the batch as passed,
         # like SqliteStore (so a redelivery or a key's twin counts too, though neither is decided here).
-        decided = PostgresStore._decide_pending(conn, pending, now, rules.named_seats(bookings))
+        decided = PostgresStore._decide_pending(conn, pending, now, rules.named_seats(bookings), fences)
         return [decided.get(i) or stored[i] for i in answers]
 
     @staticmethod
     def _decide_pending(
-        conn: Conn, pending: Sequence[Booking], now: float, avoid: frozenset[str]
+        conn: Conn, pending: Sequence[Booking], now: float, avoid: frozenset[str], fences: Fences
     ) -> dict[str, Booking]:
         if not pending:
             return {}
@@ -749,13 +779,16 @@ class PostgresStore:
             for e, event in events.items()
         }
         _lock_named_seats(conn, pending, cands, owned)
+        stale = _stale(conn, pending, fences)
+        if stale:  # left pending, undecided: the consumer retries them under a fresh lock
+            pending = [b for b in pending if b.id not in stale]
         for e in sorted(cands):
             if any(b.event_id == e and not b.is_named for b in pending):
                 cands[e].read_window(conn, widen=False)
         decisions = _plan_and_lock(conn, pending, cands, owned, avoid)
 
         held = [(b, d) for b, d in zip(pending, decisions, strict=True) if d.held]
-        _claim(conn, [(b, [cands[b.event_id].refs[s].position for s in d.seats]) for b, d in held])
+        _claim(conn, [(b, [cands[b.event_id].refs[s].position for s in d.seats]) for b, d in held], fences)
         decided = [rules.apply_decision(b, events[b.event_id], d, now) for b, d in zip(pending, decisions, strict=True)]
         cur = conn.cursor()
         cur.executemany(

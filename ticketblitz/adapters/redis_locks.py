@@ -93,6 +93,7 @@ class RedisLocks:
         self._acquire_all = self._link.script("locks_acquire_all")
         self._acquire_each = self._link.script("locks_acquire_each")
         self._compare_and_delete = self._link.script("compare_and_delete")
+        self._raise_fence = self._link.script("locks_raise_fence")
 
     async def open(self) -> None:
         await self._link.ping()
@@ -136,6 +137,10 @@ class RedisLocks:
     async def release(self, lease: SeatLease) -> None:
         """Compare-and-delete: frees the seats only while they still carry the lease's token."""
         await self.release_many([lease])
+
+    async def raise_fence(self, floor: int) -> None:
+        """New fencing numbers go above `floor` (the store's highest), even after Redis lost the counter."""
+        await self._link.run(lambda: self._raise_fence(keys=[FENCE_KEY], args=[floor]), "raise fence")
 
     async def release_many(self, leases: Iterable[SeatLease]) -> None:
         """`release` for many leases in one round trip (e.g. the per-seat leases of `acquire_each`)."""

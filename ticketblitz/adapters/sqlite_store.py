@@ -20,7 +20,7 @@ import trio
 from ..domain import rules
 from ..domain.errors import NotFound, Unavailable
 from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus, Section
-from ..ports import EdgeSnapshot
+from ..ports import EdgeSnapshot, Fences
 
 T = TypeVar("T")
 
@@ -78,6 +78,10 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX bookings_idem ON bookings(event_id, idem_key) WHERE idem_key IS NOT NULL;
     CREATE INDEX bookings_status ON bookings(status, expires_at);
     CREATE INDEX bookings_event ON bookings(event_id);
+    """,
+    # 2: fencing numbers of the seat locks: a write with an older number than the seat's last one is refused
+    """
+    ALTER TABLE seats ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
     """,
 ]
 
@@ -321,10 +325,16 @@ class SqliteStore:
         )
         return [_booking(r) for r in rows]
 
-    async def decide(self, bookings: Sequence[Booking], now: float, *, insert: bool = False) -> list[Booking]:
-        return await self._write(lambda db: self._decide(db, bookings, now, insert))
+    async def decide(self, bookings: Sequence[Booking], now: float, *, insert: bool = False,
+                     fences: Fences | None = None) -> list[Booking]:
+        return await self._write(lambda db: self._decide(db, bookings, now, insert, fences or {}))
 
-    def _decide(self, db: sqlite3.Connection, bookings: Sequence[Booking], now: float, insert: bool) -> list[Booking]:
+    async def fence_floor(self) -> int:
+        row = await self._read(lambda db: db.execute("SELECT coalesce(max(fence), 0) FROM seats").fetchone())
+        return int(row[0])
+
+    def _decide(self, db: sqlite3.Connection, bookings: Sequence[Booking], now: float, insert: bool,
+                fences: Fences) -> list[Booking]:
         events: dict[str, Event] = {}
         pickers: dict[str, rules.SeatPicker] = {}
         owned: dict[tuple[str, str], int] = {}
@@ -355,6 +365,10 @@ class SqliteStore:
                         (event.id,),
                     )
                 )
+            fence = max((fences.get((current.event_id, seat), 0) for seat in current.requested_seats), default=0)
+            if fence and self._stale(db, current, fence):
+                out.append(current)  # its lock lapsed and another writer came by: left pending, retried
+                continue
             key = (current.event_id, current.user_id)
             if key not in owned:
                 owned[key] = db.execute(
@@ -366,9 +380,9 @@ class SqliteStore:
                 changed = 0
                 for seat in decision.seats:
                     changed += db.execute(
-                        "UPDATE seats SET status = 'held', booking_id = ?, user_id = ? "
+                        "UPDATE seats SET status = 'held', booking_id = ?, user_id = ?, fence = max(fence, ?) "
                         "WHERE event_id = ? AND id = ? AND status = 'available'",
-                        (current.id, current.user_id, current.event_id, seat),
+                        (current.id, current.user_id, fence, current.event_id, seat),
                     ).rowcount
                 if changed != len(decision.seats):  # the picker disagrees with the rows: refuse the batch
                     raise sqlite3.OperationalError(f"seat rows changed under booking {current.id}")
@@ -385,6 +399,15 @@ class SqliteStore:
             )
             out.append(decided)
         return out
+
+    @staticmethod
+    def _stale(db: sqlite3.Connection, booking: Booking, fence: int) -> bool:
+        marks = ",".join("?" * len(booking.requested_seats))
+        row = db.execute(
+            f"SELECT count(*) FROM seats WHERE event_id = ? AND id IN ({marks}) AND fence >= ?",
+            (booking.event_id, *booking.requested_seats, fence),
+        ).fetchone()
+        return bool(row[0])
 
     def _load(self, db: sqlite3.Connection, booking_id: str) -> Booking:
         row = db.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ?", (booking_id,)).fetchone()

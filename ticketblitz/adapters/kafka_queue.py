@@ -1,0 +1,590 @@
+"""The distributed booking queue: Apache Kafka through kafka-python, driven from Trio worker threads.
+
+Intake produces each accepted booking to `booking-requests` and answers `202` only once the broker
+acknowledged it (acks=all, idempotent producer). The consumers of the group `booking-group` take
+bookings, and a partition's offset is committed only after the store decided the bookings before it,
+never past one still undecided, whatever order the acks arrive in. A crash therefore redelivers, and the
+store's idempotent `decide` turns that at-least-once delivery into an exactly-once effect. A message that
+is not a booking goes to the dead-letter topic instead of blocking its partition.
+
+kafka-python is blocking, so every call runs in `trio.to_thread` (one thread hop per batch, never per
+booking). The producer is thread-safe; the consumer is not, so its calls take turns through a
+`trio.CapacityLimiter(1)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, NamedTuple, TypeVar
+
+import trio
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from ..codec import booking_from_json, booking_to_json
+from ..domain.errors import Unavailable
+from ..domain.model import Booking
+
+log = logging.getLogger("ticketblitz.queue")
+
+T = TypeVar("T")
+
+TOPIC_PARTITIONS = 6  # partitions of a booking topic created by `open` (a fresh docker-compose setup)
+DLQ_PARTITIONS = 1  # the dead-letter topic is read by people, rarely: one partition keeps it in order
+POLL_MS = 200  # one poll in the worker thread; a cancelled take_batch waits at most this long
+POLL_BACKOFF = 0.5  # seconds between polls while the broker fails, so a down broker is not hammered
+MAX_POLL_RECORDS = 1024  # above any consumer batch; take_batch asks for exactly what it can use
+LINGER_MS = 2  # enqueue flushes each batch at once, so lingering only helps concurrent senders
+BATCH_BYTES = 256 * 1024  # a 512-booking intake batch fits in a few record batches per partition
+REASON_HEADER = "reason"  # why a message is in the dead-letter topic
+SOURCE_HEADER = "source"  # where it was read: topic/partition/offset
+
+
+class _Message(NamedTuple):
+    """One record to produce."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+def message_key(booking: Booking) -> bytes:
+    """The record key: by event, so that an event's bookings stay in order in one partition; a booking of
+    named seats by event and first seat, so that the bookings for one seat meet in one partition."""
+    if booking.requested_seats:
+        return f"{booking.event_id}:{booking.requested_seats[0]}".encode()
+    return booking.event_id.encode()
+
+
+# ====================================================================== bookkeeping
+@dataclass(slots=True)
+class _PartitionLog:
+    """The offsets taken from one partition, in order, and how far the partition may be committed."""
+
+    taken: deque[int] = field(default_factory=deque)  # increasing: a partition is read in order
+    waiting: set[int] = field(default_factory=set)  # taken and not yet done
+    safe: int | None = None  # every offset below it is done: the next offset to commit
+    committed: int | None = None  # what this consumer last committed
+
+    def mark_done(self, offset: int) -> None:
+        """The booking at `offset` is decided; advance `safe` over the done prefix."""
+        self.waiting.discard(offset)
+        while self.taken and self.taken[0] not in self.waiting:
+            self.safe = self.taken.popleft() + 1
+
+
+class Deliveries:
+    """What this consumer took and has not finished: offsets per partition, bookings by id, the bookings
+    waiting for a retry and the dead letters still owed.
+
+    An offset is *done* once its booking was decided (ack) or its message set aside (dead letter); a
+    partition may be committed up to its longest done prefix only. Thread-safe, because the rebalance
+    listener runs on kafka-python's IO thread while Trio tasks ack and retry.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._partitions: dict[Any, _PartitionLog] = {}
+        self._positions: dict[str, list[tuple[Any, int]]] = {}  # booking id -> where it was read
+        self._parked: deque[Booking] = deque()  # retried bookings, served before new messages
+        self._parked_ids: set[str] = set()
+        self._owed: dict[tuple[Any, int], _Message] = {}  # poison messages not yet in the dead-letter topic
+
+    def depth(self) -> int:
+        """Bookings taken and not yet acked (those waiting for a retry included)."""
+        return len(self._positions)
+
+    def took(self, tp: Any, offset: int, booking: Booking | None) -> None:
+        """Record a message read at (tp, offset): a booking, or None for a poison message."""
+        with self._lock:
+            partition = self._partitions.setdefault(tp, _PartitionLog())
+            partition.taken.append(offset)
+            partition.waiting.add(offset)
+            if booking is not None:
+                self._positions.setdefault(booking.id, []).append((tp, offset))
+
+    def owe_dead_letter(self, tp: Any, offset: int, message: _Message) -> None:
+        """The poison message at (tp, offset) must reach the dead-letter topic before its offset is done."""
+        with self._lock:
+            self._owed[(tp, offset)] = message
+
+    def owed_dead_letters(self) -> list[tuple[tuple[Any, int], _Message]]:
+        with self._lock:
+            return list(self._owed.items())
+
+    def paid_dead_letters(self, positions: Iterable[tuple[Any, int]]) -> None:
+        """These poison messages are in the dead-letter topic: their offsets are done."""
+        with self._lock:
+            for tp, offset in positions:
+                if self._owed.pop((tp, offset), None) is not None:
+                    self._partitions[tp].mark_done(offset)
+
+    def finish(self, bookings: Iterable[Booking]) -> int:
+        """Mark every offset carrying these bookings done; how many of them were still tracked."""
+        finished = 0
+        with self._lock:
+            for booking in bookings:
+                positions = self._positions.pop(booking.id, None)
+                if positions is None:  # acked before, or its partition was revoked
+                    continue
+                finished += 1
+                for tp, offset in positions:
+                    self._partitions[tp].mark_done(offset)
+                if booking.id in self._parked_ids:  # decided elsewhere (a redelivered copy): no retry
+                    self._parked_ids.discard(booking.id)
+                    self._parked = deque(b for b in self._parked if b.id != booking.id)
+        return finished
+
+    def park(self, bookings: Sequence[Booking]) -> None:
+        """Put tracked bookings at the head of the line, in order; their offsets stay uncommitted."""
+        with self._lock:
+            for booking in reversed(bookings):
+                if booking.id in self._positions and booking.id not in self._parked_ids:
+                    self._parked.appendleft(booking)
+                    self._parked_ids.add(booking.id)
+
+    def unpark(self, max_items: int) -> list[Booking]:
+        """Up to `max_items` bookings waiting for a retry, oldest first."""
+        with self._lock:
+            batch: list[Booking] = []
+            while self._parked and len(batch) < max_items:
+                booking = self._parked.popleft()
+                self._parked_ids.discard(booking.id)
+                batch.append(booking)
+            return batch
+
+    def commits(self, partitions: Iterable[Any] | None = None) -> dict[Any, int]:
+        """Per partition (all, or those given), the offset to commit when it moved since the last commit."""
+        with self._lock:
+            chosen = self._partitions if partitions is None else {
+                tp: self._partitions[tp] for tp in partitions if tp in self._partitions}
+            return {tp: p.safe for tp, p in chosen.items() if p.safe is not None and p.safe != p.committed}
+
+    def committed(self, offsets: dict[Any, int]) -> None:
+        """These offsets are committed (partitions revoked meanwhile are ignored)."""
+        with self._lock:
+            for tp, offset in offsets.items():
+                if tp in self._partitions:
+                    self._partitions[tp].committed = offset
+
+    def clear(self) -> None:
+        """Forget everything (the consumer closed: the group redelivers what was not committed)."""
+        with self._lock:
+            partitions = list(self._partitions)
+        self.forget(partitions)
+
+    def forget(self, partitions: Iterable[Any]) -> None:
+        """Drop everything read from these partitions: their new owner re-reads it from the last commit."""
+        gone = set(partitions)
+        with self._lock:
+            for tp in gone:
+                self._partitions.pop(tp, None)
+            for booking_id, positions in list(self._positions.items()):
+                kept = [p for p in positions if p[0] not in gone]
+                if kept:
+                    self._positions[booking_id] = kept
+                else:
+                    del self._positions[booking_id]
+            self._parked = deque(b for b in self._parked if b.id in self._positions)
+            self._parked_ids = {b.id for b in self._parked}
+            self._owed = {pos: m for pos, m in self._owed.items() if pos[0] not in gone}
+
+
+class _Rebalance(AsyncConsumerRebalanceListener):
+    """Commit what is committable before partitions may go to another consumer; once the new assignment
+    is known, forget what was read from the partitions that went elsewhere.
+
+    Not at revoke time: kafka-python keeps the fetch position of a partition that is revoked and assigned
+    back to the same consumer, so its in-flight bookings would never be read again. Runs on
+    kafka-python's IO loop, so it awaits the commit instead of blocking on it."""
+
+    def __init__(self, deliveries: Deliveries, consumer: Any) -> None:
+        self._deliveries = deliveries
+        self._consumer = consumer
+        self._revoked: set[Any] = set()
+
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        self._revoked |= set(revoked)
+        offsets = self._deliveries.commits(revoked)
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit_async(_commit_request(offsets))
+            self._deliveries.committed(offsets)
+        except Exception as exc:  # never fail the rebalance: the new owner redelivers, never loses
+            log.warning("commit on revoke failed, %d partitions will be redelivered: %s", len(offsets), exc)
+
+    async def on_partitions_assigned(self, assigned: set[Any]) -> None:
+        gone, self._revoked = self._revoked - set(assigned), set()
+        self._deliveries.forget(gone)  # their new owners re-read them from the last commit
+        log.info("kafka partitions assigned: %s (gone: %s)", sorted(tp.partition for tp in assigned),
+                 sorted(tp.partition for tp in gone))
+
+    async def on_partitions_lost(self, lost: set[Any]) -> None:
+        # Evicted from the group: kafka-python drops their positions, a commit would be refused, and the
+        # next owner (maybe this consumer again) reads from the last commit.
+        self._revoked -= set(lost)
+        self._deliveries.forget(lost)
+        log.warning("kafka partitions lost: %s", sorted(tp.partition for tp in lost))
+
+
+def _commit_request(offsets: dict[Any, int]) -> dict[Any, Any]:
+    return {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+
+
+# ====================================================================== the adapter
+class KafkaQueue:
+    """The `BookingQueue` port on Kafka: produce before `202`, commit after the store decided."""
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topic: str = "booking-requests",
+        dlq_topic: str = "booking-requests-dlq",
+        group: str = "booking-group",
+        timeout: float = 10.0,
+        consume: bool = True,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._dlq_topic = dlq_topic
+        self._group = group
+        self._timeout = timeout
+        self._timeout_ms = max(int(timeout * 1000), 1000)  # kafka-python wants request > fetch wait (500 ms)
+        self._consume = consume
+        self._admin: Any = None
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._connecting = threading.Lock()  # the producer is made once, by whichever thread needs it first
+        self._consumer_turn = trio.CapacityLimiter(1)  # KafkaConsumer is not thread-safe
+        self._deliveries = Deliveries()
+        self.produced = 0
+        self.consumed = 0
+        self.dead_lettered = 0
+
+    # ------------------------------------------------------------------ lifetime
+    async def open(self) -> None:
+        """Reach the cluster, create the topics when missing, start the producer (and the consumer)."""
+        await self._in_thread(self._connect)
+
+    async def close(self) -> None:
+        """Commit what is committable, then close the clients. Never raises: closing goes on regardless."""
+        if self._consumer is not None:
+            try:
+                await self._in_thread(self._close_consumer, limiter=self._consumer_turn)
+            except Unavailable as exc:
+                log.warning("kafka consumer closed uncleanly (redelivery follows): %s", exc.detail)
+        producer, admin = self._producer, self._admin
+        self._producer = self._admin = None
+        for client in (producer, admin):
+            if client is not None:
+                try:
+                    await self._in_thread(partial(_close_client, client, self._timeout))
+                except Unavailable as exc:
+                    log.warning("kafka client closed uncleanly: %s", exc.detail)
+
+    async def ping(self) -> None:
+        """Raise Unavailable unless the broker answers a metadata request now."""
+        admin = self._admin
+        if admin is None:
+            raise Unavailable("the kafka queue is not open", component="queue")
+        # The admin client does its IO on its own thread, so an abandoned call leaves nothing half-done.
+        await self._in_thread(admin.describe_cluster, abandon=True)
+
+    def depth(self) -> int:
+        """Bookings taken and not yet acked, those waiting for a retry included (local to this process)."""
+        return self._deliveries.depth()
+
+    async def lag(self) -> int:
+        """Messages not yet committed on the partitions assigned here (end offset - committed); approximate."""
+        if self._consumer is None:
+            return 0
+        return await self._in_thread(self._measure_lag, limiter=self._consumer_turn)
+
+    async def assignment(self) -> set[int]:
+        """The partitions of the topic this consumer owns now."""
+        if self._consumer is None:
+            return set()
+        return await self._in_thread(self._assigned_partitions, limiter=self._consumer_turn)
+
+    # ------------------------------------------------------------------ intake
+    async def enqueue(self, bookings: Sequence[Booking]) -> list[Booking | None]:
+        """Produce the bookings and return once the broker acknowledged every one, else Unavailable."""
+        if not bookings:
+            return []
+        messages = [_Message(self._topic, message_key(b), booking_to_json(b)) for b in bookings]
+        # Not abandoned on cancel: the thread's answer is the only way to know whether they were written.
+        await self._in_thread(partial(self._send_all, messages))
+        self.produced += len(bookings)
+        return [None] * len(bookings)
+
+    # ------------------------------------------------------------------ consumers
+    async def take_batch(self, max_items: int) -> list[Booking]:
+        """Bookings to decide: those waiting for a retry first, else the next messages (waits for one).
+
+        Broker trouble is logged and waited out here, never raised: the consumer tasks have nothing
+        better to do than to wait for the broker."""
+        while True:
+            parked = self._deliveries.unpark(max_items)
+            if parked:
+                return parked
+            if self._consumer is None:  # an intake-only process (or closed): nothing will ever come
+                await trio.sleep_forever()
+            try:
+                taken = await self._in_thread(partial(self._poll, max_items), limiter=self._consumer_turn)
+            except Unavailable as exc:
+                log.warning("kafka poll failed, trying again: %s", exc.detail)
+                await trio.sleep(POLL_BACKOFF)
+                continue
+            if taken:
+                return taken
+
+    async def ack(self, bookings: Sequence[Booking]) -> None:
+        """The store decided these bookings: their offsets are done; commit what became committable."""
+        self.consumed += self._deliveries.finish(bookings)
+        await self._commit_done()
+
+    async def retry(self, bookings: Sequence[Booking]) -> None:
+        """Serve these bookings again at the next take_batch; their offsets stay uncommitted meanwhile."""
+        self._deliveries.park(bookings)
+
+    async def dead_letter(self, bookings: Sequence[Booking], reason: str) -> None:
+        """Publish bookings that cannot be decided to the dead-letter topic, then ack them. When the
+        dead-letter topic cannot be written they are kept for a retry instead: never dropped."""
+        if not bookings:
+            return
+        messages = [self._dead_letter_message(message_key(b), booking_to_json(b), reason, None) for b in bookings]
+        try:
+            await self._in_thread(partial(self._send_all, messages))
+        except Unavailable as exc:
+            log.error("could not dead-letter %d bookings, keeping them queued: %s", len(bookings), exc.detail)
+            self._deliveries.park(bookings)
+            return
+        for booking in bookings:
+            log.error("booking %s dead-lettered: %s", booking.id, reason)
+        self.dead_lettered += len(bookings)
+        self._deliveries.finish(bookings)
+        await self._commit_done()
+
+    async def _commit_done(self) -> None:
+        """Commit what is committable. A failure is only logged: the offsets stay done here and go out
+        with the next commit, and until then a crash merely redelivers decided bookings."""
+        if self._consumer is None:
+            return
+        try:
+            await self._in_thread(self._commit_committable, limiter=self._consumer_turn)
+        except Unavailable as exc:
+            log.warning("kafka offset commit failed, will retry with the next ack: %s", exc.detail)
+
+    # ------------------------------------------------------------------ the worker-thread side
+    async def _in_thread(
+        self, call: Callable[[], T], *, limiter: trio.CapacityLimiter | None = None, abandon: bool = False
+    ) -> T:
+        """Run a blocking kafka-python call in a worker thread; a broker failure becomes Unavailable.
+
+        The deadline bounds the wait for the consumer's turn; a call that is not abandoned is bounded by
+        kafka-python's own timeouts, set from `timeout`."""
+        try:
+            with trio.fail_after(self._timeout + 1):
+                return await trio.to_thread.run_sync(call, limiter=limiter, abandon_on_cancel=abandon)
+        except (KafkaError, OSError, trio.TooSlowError) as exc:
+            raise Unavailable(f"kafka: {type(exc).__name__}: {exc}", component="queue") from exc
+
+    def _connect(self) -> None:
+        """(thread) Reach the cluster, make sure the topics exist, start the clients."""
+        try:
+            self._admin = KafkaAdminClient(**self._client_config("admin"))
+            self._ensure_topics()
+            self._producer_now()
+            if self._consume:
+                self._consumer = self._new_consumer()
+        except BaseException:
+            for client in (self._consumer, self._producer, self._admin):
+                if client is not None:
+                    _close_client(client, 0)
+            self._admin = self._producer = self._consumer = None
+            raise
+
+    def _client_config(self, role: str) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self._bootstrap,
+            "client_id": f"ticketblitz-{role}-{os.getpid()}",
+            "bootstrap_timeout_ms": self._timeout_ms,
+            "request_timeout_ms": self._timeout_ms,
+        }
+
+    def _ensure_topics(self) -> None:
+        """(thread) Create the booking topic and its dead-letter topic when missing (fresh setups)."""
+        wanted = {self._topic: TOPIC_PARTITIONS, self._dlq_topic: DLQ_PARTITIONS}
+        existing = set(self._admin.list_topics())
+        missing = {name: {"num_partitions": n, "replication_factor": -1}  # -1: the broker's default
+                   for name, n in wanted.items() if name not in existing}
+        if not missing:
+            return
+        log.info("creating kafka topics %s", sorted(missing))
+        try:
+            self._admin.create_topics(missing, timeout_ms=self._timeout_ms, wait_for_metadata=True)
+        except TopicAlreadyExistsError:  # another process created them first
+            pass
+
+    def _producer_now(self) -> Any:
+        """(thread) The producer, made on first use: acks=all and idempotent, so a retried send is never
+        written twice; its timeouts make every send resolve within about `timeout`."""
+        with self._connecting:
+            if self._producer is None:
+                half = self._timeout_ms // 2
+                self._producer = KafkaProducer(
+                    **{**self._client_config("producer"), "request_timeout_ms": half},
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=LINGER_MS,
+                    batch_size=BATCH_BYTES,
+                    max_block_ms=half,  # waiting for metadata or buffer space
+                    delivery_timeout_ms=self._timeout_ms,  # a record's whole life, retries included
+                )
+            return self._producer
+
+    def _new_consumer(self) -> Any:
+        """(thread) A consumer of the group, committing by hand, subscribed with the rebalance listener."""
+        consumer = KafkaConsumer(
+            **self._client_config("consumer"),
+            group_id=self._group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=MAX_POLL_RECORDS,
+        )
+        consumer.subscribe(topics=[self._topic], listener=_Rebalance(self._deliveries, consumer))
+        return consumer
+
+    def _send_all(self, messages: Sequence[_Message]) -> None:
+        """(thread) Send, flush, and raise unless the broker acknowledged every message."""
+        producer = self._producer_now()
+        futures = [producer.send(m.topic, value=m.value, key=m.key, headers=m.headers) for m in messages]
+        # The delivery timeout expires unacknowledged records before this flush gives up, so each future
+        # is resolved here: a failure means not written, a success means written.
+        producer.flush(timeout=self._timeout + 1)
+        for future in futures:
+            future.get(timeout=0)
+
+    def _poll(self, max_items: int) -> list[Booking]:
+        """(consumer thread) Poll once; track and decode what came. Poison goes to the dead-letter topic."""
+        consumer = self._consumer
+        if consumer is None:  # closed while this call waited for its turn
+            return []
+        records = consumer.poll(timeout_ms=POLL_MS, max_records=max_items)
+        taken: list[Booking] = []
+        for tp, batch in records.items():
+            for record in batch:
+                booking = self._decode(tp, record)
+                if booking is not None:
+                    taken.append(booking)
+        self._pay_dead_letters()
+        return taken
+
+    def _decode(self, tp: Any, record: Any) -> Booking | None:
+        """(consumer thread) The record's booking, tracked; None for poison (owed to the dead-letter topic)."""
+        try:
+            booking = booking_from_json(record.value or b"")
+        except ValueError as exc:
+            log.error("poison message at %s/%d/%d: %s", tp.topic, tp.partition, record.offset, exc)
+            self._deliveries.took(tp, record.offset, None)
+            source = f"{tp.topic}/{tp.partition}/{record.offset}"
+            message = self._dead_letter_message(record.key, record.value, str(exc), source, record.headers)
+            self._deliveries.owe_dead_letter(tp, record.offset, message)
+            return None
+        self._deliveries.took(tp, record.offset, booking)
+        return booking
+
+    def _dead_letter_message(
+        self, key: bytes | None, value: bytes | None, reason: str, source: str | None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> _Message:
+        """The original key, value and headers, plus why (and where from) it was set aside."""
+        extra = [(REASON_HEADER, reason.encode())]
+        if source is not None:
+            extra.append((SOURCE_HEADER, source.encode()))
+        return _Message(self._dlq_topic, key, value, [*(headers or ()), *extra])
+
+    def _pay_dead_letters(self) -> None:
+        """(consumer thread) Publish the poison messages still owed; once written their offsets are done.
+        A failure is logged and tried again at the next poll: the offsets stay uncommitted meanwhile."""
+        owed = self._deliveries.owed_dead_letters()
+        if not owed:
+            return
+        try:
+            self._send_all([message for _, message in owed])
+        except (KafkaError, OSError) as exc:
+            log.error("could not publish %d poison messages to %s, will retry: %s", len(owed), self._dlq_topic, exc)
+            return
+        self.dead_lettered += len(owed)
+        self._deliveries.paid_dead_letters(position for position, _ in owed)
+        self._commit_committable()
+
+    def _commit_committable(self) -> None:
+        """(consumer thread) Commit each partition up to its longest done prefix, synchronously."""
+        consumer = self._consumer
+        offsets = self._deliveries.commits()
+        if consumer is None or not offsets:
+            return
+        consumer.commit(_commit_request(offsets), timeout_ms=self._timeout_ms)
+        self._deliveries.committed(offsets)
+
+    def _close_consumer(self) -> None:
+        """(consumer thread) Commit what is committable, leave the group, close."""
+        consumer = self._consumer
+        try:
+            self._commit_committable()
+        except (KafkaError, OSError) as exc:
+            log.warning("final kafka offset commit failed (redelivery follows): %s", exc)
+        finally:
+            self._consumer = None
+            _close_client(consumer, self._timeout)
+            self._deliveries.clear()
+
+    def _assigned_partitions(self) -> set[int]:
+        """(consumer thread) The partition numbers assigned now."""
+        consumer = self._consumer
+        return {tp.partition for tp in consumer.assignment()} if consumer is not None else set()
+
+    def _measure_lag(self) -> int:
+        """(consumer thread) Sum over the assigned partitions of end offset - committed offset."""
+        consumer = self._consumer
+        partitions = list(consumer.assignment()) if consumer is not None else []
+        if not partitions:
+            return 0
+        ends = consumer.end_offsets(partitions, timeout_ms=self._timeout_ms)
+        lag = 0
+        for tp in partitions:
+            committed = consumer.committed(tp, timeout_ms=self._timeout_ms)
+            if committed is None:  # nothing committed yet: the group starts from the earliest offset
+                committed = consumer.beginning_offsets([tp], timeout_ms=self._timeout_ms)[tp]
+            lag += max(0, ends.get(tp, committed) - committed)
+        return lag
+
+
+def _close_client(client: Any, timeout: float) -> None:
+    """Close a kafka-python client within about `timeout` seconds, swallowing what closing raises."""
+    try:
+        if isinstance(client, KafkaProducer):
+            client.close(timeout=timeout)
+        elif isinstance(client, KafkaConsumer):
+            client.close(autocommit=False, timeout_ms=max(int(timeout * 1000), 1))
+        else:
+            client.close()
+    except (KafkaError, OSError) as exc:
+        log.warning("closing %s failed: %s", type(client).__name__, exc)
+
+
+__all__ = ["Deliveries", "KafkaQueue", "message_key"]

@@ -488,3 +488,30 @@ def test_best_available_leaves_seats_named_by_waiting_bookings_when_it_can() -> 
     # when only named seats are left, they are still sold rather than refused
     small = SeatPicker(r for r in seat_map(event) if r.id in {"A-1-1", "A-1-2"})
     assert small.pick(2, frozenset({"A-1-1"})) == ("A-1-1", "A-1-2")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_windowed_picker_picks_like_a_full_one(seed: int) -> None:
+    """Stores hand the picker a window of the first free seats and load more on demand: the picks must
+    be the same as with every free seat loaded."""
+    rng = random.Random(seed)
+    event = Event(id="evt", name="e", sections=(Section("A", 6, 7), Section("B", 3, 5)))
+    refs = list(seat_map(event))
+    free = [r for r in refs if rng.random() < 0.6]
+    window = rng.choice([1, 3, 8])
+    rest = list(free)
+
+    def more() -> list[SeatRef]:
+        chunk = rest[:window]
+        del rest[:window]
+        return chunk
+
+    full, windowed = SeatPicker(free), SeatPicker([], more)
+    windowed.extend()
+    for _ in range(12):
+        quantity = rng.randint(1, 5)
+        avoid = frozenset(r.id for r in rng.sample(free, k=min(3, len(free))))
+        expected = full.pick(quantity, avoid)
+        assert windowed.pick(quantity, avoid) == expected
+        if expected is not None:
+            assert full.take(expected) and windowed.take(expected)

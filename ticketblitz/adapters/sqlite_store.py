@@ -357,14 +357,7 @@ class SqliteStore:
             if event is None:
                 erow = db.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (current.event_id,)).fetchone()
                 event = events[current.event_id] = _event(erow)
-                pickers[event.id] = rules.SeatPicker(
-                    SeatRef(r[0], r[1], r[2], r[3], r[4])
-                    for r in db.execute(
-                        "SELECT id, section, row, number, position FROM seats "
-                        "WHERE event_id = ? AND status = 'available' ORDER BY position",
-                        (event.id,),
-                    )
-                )
+                pickers[event.id] = self._picker(db, event.id, bookings)
             fence = max((fences.get((current.event_id, seat), 0) for seat in current.requested_seats), default=0)
             if fence and self._stale(db, current, fence):
                 out.append(current)  # its lock lapsed and another writer came by: left pending, retried
@@ -399,6 +392,34 @@ class SqliteStore:
             )
             out.append(decided)
         return out
+
+    @staticmethod
+    def _picker(db: sqlite3.Connection, event_id: str, bookings: Sequence[Booking]) -> rules.SeatPicker:
+        """The seats the batch may need: the named ones, and a window of the first available seats that
+        grows on demand (a 200,000-seat event is not read whole for every batch)."""
+        columns = "SELECT id, section, row, number, position FROM seats"
+        mine = [b for b in bookings if b.event_id == event_id]
+        named = sorted({s for b in mine for s in b.requested_seats})
+        window = max(64, 32 * max((b.quantity for b in mine if not b.requested_seats), default=0),
+                     2 * sum(b.quantity for b in mine))
+        refs = []
+        for start in range(0, len(named), 500):
+            part = named[start:start + 500]
+            refs += [SeatRef(*r) for r in db.execute(
+                f"{columns} WHERE event_id = ? AND status = 'available' AND id IN ({','.join('?' * len(part))})",
+                (event_id, *part))]
+        last = [0]
+
+        def more() -> list[SeatRef]:
+            rows = db.execute(f"{columns} WHERE event_id = ? AND status = 'available' AND position > ? "
+                              "ORDER BY position LIMIT ?", (event_id, last[0], window)).fetchall()
+            if rows:
+                last[0] = rows[-1][4]
+            return [SeatRef(*r) for r in rows]
+
+        picker = rules.SeatPicker(refs, more)
+        picker.extend()  # the first window
+        return picker
 
     @staticmethod
     def _stale(db: sqlite3.Connection, booking: Booking, fence: int) -> bool:

@@ -4,7 +4,7 @@ deciding a queued booking and the allowed status transitions. Nothing here await
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from .errors import InvalidRequest, InvalidTransition
@@ -105,15 +105,41 @@ class SeatPicker:
 
     Best available means: the first run of adjacent seats in one row; else the first row that has
     enough seats; else the first seats in map order.
+
+    A store may hand over only a window of the first available seats and a `more` callback that
+    returns the next ones in map order (an empty list when there are none): the picker asks for more
+    only when the window holds no adjacent run for a request.
     """
 
-    def __init__(self, available: Iterable[SeatRef]) -> None:
+    def __init__(self, available: Iterable[SeatRef], more: Callable[[], list[SeatRef]] | None = None) -> None:
         self._rows: dict[tuple[str, int], dict[int, SeatRef]] = {}
         self._where: dict[str, tuple[tuple[str, int], int]] = {}
-        for ref in sorted(available, key=lambda r: r.position):
+        self._more = more
+        self._add(available)
+
+    def _add(self, refs: Iterable[SeatRef]) -> None:
+        for ref in sorted(refs, key=lambda r: r.position):
+            if ref.id in self._where:
+                continue
             key = (ref.section, ref.row)
             self._rows.setdefault(key, {})[ref.number] = ref
             self._where[ref.id] = (key, ref.number)
+
+    def extend(self) -> bool:
+        """Load the next seats of the window; False when there are no more."""
+        chunk = self._more() if self._more is not None else []
+        if not chunk:
+            self._more = None
+            return False
+        self._add(chunk)
+        # rows stay in map order even when seats named far ahead were loaded before this chunk
+        self._rows = dict(sorted(self._rows.items(), key=lambda item: min(r.position for r in item[1].values())))
+        return True
+
+    def _adjacent(self, seats: Sequence[str]) -> bool:
+        places = [self._where[s] for s in seats]
+        numbers = sorted(number for _, number in places)
+        return len({key for key, _ in places}) == 1 and numbers[-1] - numbers[0] == len(numbers) - 1
 
     def __len__(self) -> int:
         return len(self._where)
@@ -138,13 +164,15 @@ class SeatPicker:
 
         Seats in `avoid` (named by other bookings waiting in line) are used only when nothing else fits.
         """
-        if quantity > len(self._where):
-            return None
-        if avoid:
-            chosen = self._pick(quantity, avoid)
-            if chosen is not None:
+        while True:
+            chosen = self._pick(quantity, avoid) if quantity <= len(self._where) else None
+            if chosen is not None and self._adjacent(chosen):
                 return chosen
-        return self._pick(quantity, frozenset())
+            if not self.extend():  # the window holds no adjacent run: look further, a chunk at a time
+                break
+        if chosen is None and avoid and quantity <= len(self._where):
+            chosen = self._pick(quantity, frozenset())
+        return chosen
 
     def _pick(self, quantity: int, avoid: frozenset[str]) -> tuple[str, ...] | None:
         first_full_row: list[SeatRef] | None = None

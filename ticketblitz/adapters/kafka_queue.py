@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -465,6 +466,14 @@ class KafkaQueue:
             auto_offset_reset="earliest",
             max_poll_records=MAX_POLL_RECORDS,
         )
+        # Know the topic's partitions before joining the group: an assignment made while the metadata
+        # lacks them gives this consumer nothing until the next metadata refresh (minutes).
+        deadline = time.monotonic() + self._timeout
+        while not consumer.partitions_for_topic(self._topic):
+            if time.monotonic() > deadline:
+                _close_client(consumer, 0)
+                raise KafkaError(f"topic {self._topic} has no partitions known to the consumer")
+            time.sleep(0.1)
         consumer.subscribe(topics=[self._topic], listener=_Rebalance(self._deliveries, consumer))
         return consumer
 

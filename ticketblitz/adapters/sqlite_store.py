@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import trio
 
 from ..domain import rules
@@ -92,6 +93,10 @@ _BOOKING_COLUMNS = (
 _EVENT_COLUMNS = (
     "id, name, venue, starts_at, sections, max_per_user, hold_seconds, created_at, available, held, sold"
 )
+
+
+def _json_list(values: Sequence[str]) -> str:
+    return orjson.dumps(list(values)).decode()
 
 
 def _booking(row: Sequence[Any]) -> Booking:
@@ -296,8 +301,8 @@ class SqliteStore:
         try:
             db.execute(
                 f"INSERT INTO bookings ({_BOOKING_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (b.id, b.event_id, b.user_id, b.quantity, json.dumps(list(b.requested_seats)),
-                 json.dumps(list(b.seat_ids)), b.status.value, b.reason, b.expires_at, b.created_at,
+                (b.id, b.event_id, b.user_id, b.quantity, _json_list(b.requested_seats),
+                 _json_list(b.seat_ids), b.status.value, b.reason, b.expires_at, b.created_at,
                  b.updated_at, b.idempotency_key, b.fingerprint),
             )
         except sqlite3.IntegrityError:
@@ -335,23 +340,25 @@ class SqliteStore:
 
     def _decide(self, db: sqlite3.Connection, bookings: Sequence[Booking], now: float, insert: bool,
                 fences: Fences) -> list[Booking]:
+        answers: list[str] = []  # per booking, the id of the stored booking that answers it
+        for booking in bookings:
+            existing = self._insert(db, booking) if insert else None
+            # a key's twin answers for a booking whose Idempotency-Key belongs to an earlier one
+            answers.append(existing.id if existing is not None else booking.id)
+        stored = self._bookings_by_id(db, list(dict.fromkeys(answers)))
+        missing = [i for i in answers if i not in stored]
+        if missing:
+            raise NotFound(f"booking {missing[0]} is not in the store")
         events: dict[str, Event] = {}
         pickers: dict[str, rules.SeatPicker] = {}
         owned: dict[tuple[str, str], int] = {}
-        out: list[Booking] = []
         avoid = rules.named_seats(bookings)
-        for booking in bookings:
-            if insert:
-                existing = self._insert(db, booking)
-                if existing is not None and existing.id != booking.id:
-                    out.append(existing)  # its Idempotency-Key belongs to an earlier booking
-                    continue
-            row = db.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ?", (booking.id,)).fetchone()
-            if row is None:
-                raise NotFound(f"booking {booking.id} is not in the store")
-            current = _booking(row)
+        claims: list[tuple[str, str, int, str, str]] = []
+        taken: dict[str, int] = {}
+        decided: dict[str, Booking] = {}
+        for booking_id in dict.fromkeys(answers):  # each once, in order; a redelivery keeps its first decision
+            current = stored[booking_id]
             if current.status is not BookingStatus.PENDING:
-                out.append(current)  # decided before (a redelivery): the first decision stands
                 continue
             event = events.get(current.event_id)
             if event is None:
@@ -360,38 +367,45 @@ class SqliteStore:
                 pickers[event.id] = self._picker(db, event.id, bookings)
             fence = max((fences.get((current.event_id, seat), 0) for seat in current.requested_seats), default=0)
             if fence and self._stale(db, current, fence):
-                out.append(current)  # its lock lapsed and another writer came by: left pending, retried
-                continue
+                continue  # its lock lapsed and another writer came by: left pending, retried
             key = (current.event_id, current.user_id)
             if key not in owned:
                 owned[key] = db.execute(
                     "SELECT count(*) FROM seats WHERE event_id = ? AND user_id = ?", key
                 ).fetchone()[0]
             decision = rules.decide(current, event, owned[key], pickers[event.id], avoid)
-            decided = rules.apply_decision(current, event, decision, now)
+            decided[booking_id] = rules.apply_decision(current, event, decision, now)
             if decision.held:
-                changed = 0
-                for seat in decision.seats:
-                    changed += db.execute(
-                        "UPDATE seats SET status = 'held', booking_id = ?, user_id = ?, fence = max(fence, ?) "
-                        "WHERE event_id = ? AND id = ? AND status = 'available'",
-                        (current.id, current.user_id, fence, current.event_id, seat),
-                    ).rowcount
-                if changed != len(decision.seats):  # the picker disagrees with the rows: refuse the batch
-                    raise sqlite3.OperationalError(f"seat rows changed under booking {current.id}")
-                db.execute(
-                    "UPDATE events SET available = available - ?, held = held + ? WHERE id = ?",
-                    (changed, changed, current.event_id),
-                )
-                owned[key] += changed
-            db.execute(
-                "UPDATE bookings SET status = ?, reason = ?, seat_ids = ?, expires_at = ?, updated_at = ? "
-                "WHERE id = ? AND status = 'pending'",
-                (decided.status.value, decided.reason, json.dumps(list(decided.seat_ids)), decided.expires_at,
-                 now, current.id),
-            )
-            out.append(decided)
-        return out
+                claims.extend((current.id, current.user_id, fence, current.event_id, seat) for seat in decision.seats)
+                taken[current.event_id] = taken.get(current.event_id, 0) + len(decision.seats)
+                owned[key] += len(decision.seats)
+        # the writes of the whole batch, a few statements in all
+        changed = db.executemany(
+            "UPDATE seats SET status = 'held', booking_id = ?, user_id = ?, fence = max(fence, ?) "
+            "WHERE event_id = ? AND id = ? AND status = 'available'",
+            claims,
+        ).rowcount if claims else 0
+        if changed != len(claims):  # the picker disagrees with the rows: refuse the batch
+            raise sqlite3.OperationalError("seat rows changed under a batch of bookings")
+        for event_id, n in taken.items():
+            db.execute("UPDATE events SET available = available - ?, held = held + ? WHERE id = ?", (n, n, event_id))
+        db.executemany(
+            "UPDATE bookings SET status = ?, reason = ?, seat_ids = ?, expires_at = ?, updated_at = ? "
+            "WHERE id = ? AND status = 'pending'",
+            [(d.status.value, d.reason, _json_list(d.seat_ids), d.expires_at, now, d.id) for d in decided.values()],
+        )
+        return [decided.get(i) or stored[i] for i in answers]
+
+    @staticmethod
+    def _bookings_by_id(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Booking]:
+        found: dict[str, Booking] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            for row in db.execute(
+                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id IN ({','.join('?' * len(part))})", part
+            ):
+                found[row[0]] = _booking(row)
+        return found
 
     @staticmethod
     def _picker(db: sqlite3.Connection, event_id: str, bookings: Sequence[Booking]) -> rules.SeatPicker:

@@ -114,8 +114,15 @@ def scratch_services() -> Iterator[dict[str, str]]:
     suffix = secrets.token_hex(4)
     database = f"tb_contract_{suffix}"
     admin = urls["TICKETBLITZ_DATABASE_URL"]
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {database}")
+    for attempt in range(5):  # CREATE DATABASE refuses while another session copies template1 at once
+        try:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {database}")
+            break
+        except psycopg.errors.ObjectInUse:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
     redis_url = urls["TICKETBLITZ_REDIS_URL"].rsplit("/", 1)[0] + f"/{CONTRACT_REDIS_DB}"
     redis.Redis.from_url(redis_url).flushdb()
     topic = f"tb-contract-{suffix}"

@@ -83,16 +83,19 @@ async def seed_demo(service: BookingService) -> tuple[Event, bool]:
     return await service.create_event(demo_event(service.clock())), True
 
 
+def bind_listener(settings: Settings) -> socket.socket:
+    """A TCP listener on host:port with a backlog for a flash sale's burst of connections."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(4096)
+    return sock
+
+
 def public_socket(settings: Settings) -> socket.socket:
     """The public listener: inherited from the `--workers` supervisor, or bound here."""
-    if settings.listen_fd >= 0:
-        sock = socket.socket(fileno=settings.listen_fd)
-    else:
-        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((settings.host, settings.port))
-        sock.listen(4096)
+    sock = socket.socket(fileno=settings.listen_fd) if settings.listen_fd >= 0 else bind_listener(settings)
     sock.setblocking(False)
     return sock
 

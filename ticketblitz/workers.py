@@ -8,25 +8,15 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import sys
 
 import trio
 
 from .config import ENV_PREFIX, Settings
+from .server import bind_listener
 
 log = logging.getLogger("ticketblitz.workers")
 RESTART_DELAY = 1.0
-
-
-def listening_socket(settings: Settings) -> socket.socket:
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    sock.listen(4096)
-    sock.set_inheritable(True)
-    return sock
 
 
 def worker_env(settings: Settings, fd: int) -> dict[str, str]:
@@ -43,7 +33,8 @@ def worker_env(settings: Settings, fd: int) -> dict[str, str]:
 
 async def supervise(settings: Settings) -> int:
     """Run the workers until SIGINT/SIGTERM, then pass the signal on and wait; 0 when all exit 0."""
-    sock = listening_socket(settings)
+    sock = bind_listener(settings)
+    sock.set_inheritable(True)
     host, port = sock.getsockname()[:2]
     log.info("supervisor: %d workers on http://%s:%d", settings.workers, host, port)
     env = worker_env(settings, sock.fileno())

@@ -8,7 +8,19 @@ import trio
 
 from ..domain.inventory import EdgeInventory
 from ..domain.model import Booking, BookingStatus
-from ..ports import AdmitItem, AdmitResult, Store
+from ..ports import AdmitItem, AdmitResult, EdgeSnapshot, Store
+
+
+def inventory_from(snapshot: EdgeSnapshot) -> EdgeInventory:
+    """Edge admission as the store's snapshot says it must start (both adapters start from this)."""
+    inventory = EdgeInventory()
+    for event_id, available, max_per_user in snapshot.events:
+        inventory.add_event(event_id, available=available, max_per_user=max_per_user)
+    for event_id, user_id, seat, booking_id in snapshot.owned:
+        inventory.restore(booking_id, event_id, user_id, (seat,))
+    for b in snapshot.pending:
+        inventory.restore_pending(b.id, b.event_id, b.user_id, b.quantity, b.requested_seats)
+    return inventory
 
 
 class InProcessAdmission:
@@ -32,13 +44,7 @@ class InProcessAdmission:
         if self._built:
             return
         snapshot = await store.edge_snapshot()
-        inv = self.inventory
-        for event_id, available, max_per_user in snapshot.events:
-            inv.add_event(event_id, available=available, max_per_user=max_per_user)
-        for event_id, user_id, seat, booking_id in snapshot.owned:
-            inv.restore(booking_id, event_id, user_id, (seat,))
-        for b in snapshot.pending:
-            inv.restore_pending(b.id, b.event_id, b.user_id, b.quantity, b.requested_seats)
+        self.inventory = inventory_from(snapshot)
         for event_id, key, booking_id, fingerprint in snapshot.keys:
             self._keys[(event_id, key)] = (booking_id, fingerprint)
         self._built = True

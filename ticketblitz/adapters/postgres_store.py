@@ -42,8 +42,9 @@ from psycopg_pool import ConnectionPool
 
 from ..domain import rules
 from ..domain.errors import NotFound, Unavailable
-from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus, Section
+from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus
 from ..ports import EdgeSnapshot, Fences
+from .rows import BOOKING_COLUMNS, EVENT_COLUMNS, booking_from_row, event_from_row
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
@@ -118,6 +119,10 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+
+_booking = booking_from_row
+_event = event_from_row
+
 # Any constant works, as long as every process uses the same one to serialize migrations.
 _MIGRATION_LOCK = 0x7462_0001
 _MIN_WINDOW = 64
@@ -127,13 +132,6 @@ _MAX_ROUNDS = 32  # plan-and-lock rounds per batch; each one learns something (a
 # Shorter than PostgreSQL's deadlock_timeout (1 s): we give up before a wait could be called a deadlock.
 _CONTESTED_WAIT_MS = 250
 
-_BOOKING_COLUMNS = (
-    "id, event_id, user_id, quantity, requested, seat_ids, status, reason, expires_at, "
-    "created_at, updated_at, idem_key, fingerprint"
-)
-_EVENT_COLUMNS = (
-    "id, name, venue, starts_at, sections, max_per_user, hold_seconds, created_at, available, held, sold"
-)
 _SEAT_REF_COLUMNS = "id, section, row, number, position"
 
 # Best available, alf.io style: rows that another transaction has locked are being claimed; skip them.
@@ -161,36 +159,8 @@ _CLAIM_SQL = """
 """
 
 
-def _booking(row: Sequence[Any]) -> Booking:
-    return Booking(
-        id=row[0],
-        event_id=row[1],
-        user_id=row[2],
-        quantity=row[3],
-        requested_seats=tuple(row[4]),
-        seat_ids=tuple(row[5]),
-        status=BookingStatus(row[6]),
-        reason=row[7],
-        expires_at=row[8],
-        created_at=row[9],
-        updated_at=row[10],
-        idempotency_key=row[11],
-        fingerprint=row[12],
-    )
 
 
-def _event(row: Sequence[Any]) -> Event:
-    return Event(
-        id=row[0],
-        name=row[1],
-        venue=row[2],
-        starts_at=row[3],
-        sections=tuple(Section(**s) for s in row[4]),
-        max_per_user=row[5],
-        hold_seconds=row[6],
-        created_at=row[7],
-        counts=Counts(available=row[8], held=row[9], sold=row[10]),
-    )
 
 
 def _booking_row(b: Booking) -> tuple[Any, ...]:
@@ -255,7 +225,7 @@ def _insert_bookings(conn: Conn, bookings: Sequence[Booking]) -> list[bool]:
     already stored (or inserted earlier in the same call) skips the row instead of failing the batch."""
     cur = conn.cursor()
     cur.executemany(
-        f"INSERT INTO bookings ({_BOOKING_COLUMNS}) VALUES (%s,%s,%s,%s,%s::text[],%s::text[],%s,%s,%s,%s,%s,%s,%s) "
+        f"INSERT INTO bookings ({BOOKING_COLUMNS}) VALUES (%s,%s,%s,%s,%s::text[],%s::text[],%s,%s,%s,%s,%s,%s,%s) "
         "ON CONFLICT DO NOTHING RETURNING id",
         [_booking_row(b) for b in bookings],
         returning=True,
@@ -268,7 +238,7 @@ def _insert_bookings(conn: Conn, bookings: Sequence[Booking]) -> list[bool]:
 
 
 def _bookings_by_id(conn: Conn, ids: Iterable[str]) -> dict[str, Booking]:
-    rows = conn.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ANY(%s::text[])", (list(ids),))
+    rows = conn.execute(f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = ANY(%s::text[])", (list(ids),))
     return {r[0]: _booking(r) for r in rows}
 
 
@@ -276,7 +246,7 @@ def _booking_by_key(conn: Conn, event_id: str, key: str | None) -> Booking | Non
     if key is None:
         return None
     row = conn.execute(
-        f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = %s AND idem_key = %s", (event_id, key)
+        f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE event_id = %s AND idem_key = %s", (event_id, key)
     ).fetchone()
     return _booking(row) if row else None
 
@@ -293,7 +263,7 @@ def _stored_twin(conn: Conn, booking: Booking) -> Booking:
 
 def _load_booking(conn: Conn, booking_id: str) -> Booking:
     """The booking, locked against concurrent transitions; NotFound when unknown."""
-    row = conn.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = %s FOR UPDATE", (booking_id,)).fetchone()
+    row = conn.execute(f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = %s FOR UPDATE", (booking_id,)).fetchone()
     if row is None:
         raise NotFound(f"booking {booking_id} does not exist")
     return _booking(row)
@@ -642,14 +612,14 @@ class PostgresStore:
         if not _storable(event_id):
             return None
         row = await self._call(
-            lambda conn: conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = %s", (event_id,)).fetchone(),
+            lambda conn: conn.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = %s", (event_id,)).fetchone(),
             transaction=False,
         )
         return _event(row) if row else None
 
     async def list_events(self) -> list[Event]:
         rows = await self._call(
-            lambda conn: conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq").fetchall(),
+            lambda conn: conn.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY seq").fetchall(),
             transaction=False,
         )
         return [_event(r) for r in rows]
@@ -691,7 +661,7 @@ class PostgresStore:
             return []
         rows = await self._call(
             lambda conn: conn.execute(
-                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = %s ORDER BY created_at, id", (event_id,)
+                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE event_id = %s ORDER BY created_at, id", (event_id,)
             ).fetchall(),
             transaction=False,
         )
@@ -703,7 +673,7 @@ class PostgresStore:
             return {}
         rows = await self._call(
             lambda conn: conn.execute(
-                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = %s AND idem_key = ANY(%s::text[])",
+                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE event_id = %s AND idem_key = ANY(%s::text[])",
                 (event_id, list(keys)),
             ).fetchall(),
             transaction=False,
@@ -721,7 +691,7 @@ class PostgresStore:
     async def pending_bookings(self, limit: int) -> list[Booking]:
         rows = await self._call(
             lambda conn: conn.execute(
-                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'pending' ORDER BY created_at, id LIMIT %s",
+                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE status = 'pending' ORDER BY created_at, id LIMIT %s",
                 (limit,),
             ).fetchall(),
             transaction=False,
@@ -771,7 +741,7 @@ class PostgresStore:
         if not pending:
             return {}
         events = {r[0]: _event(r) for r in conn.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ANY(%s::text[])", (list({b.event_id for b in pending}),)
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ANY(%s::text[])", (list({b.event_id for b in pending}),)
         )}
         owned = _owned_seats(conn, pending)
         cands = {
@@ -854,7 +824,7 @@ class PostgresStore:
             # SKIP LOCKED: a booking being confirmed or cancelled right now is not ours to expire, and
             # several sweepers (one per process) share the work instead of queueing.
             rows = conn.execute(
-                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'held' AND expires_at <= %s "
+                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE status = 'held' AND expires_at <= %s "
                 "ORDER BY expires_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
                 (now, limit),
             ).fetchall()
@@ -881,7 +851,7 @@ class PostgresStore:
             snap.pending = [
                 _booking(r)
                 for r in conn.execute(
-                    f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'pending' ORDER BY created_at, id"
+                    f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE status = 'pending' ORDER BY created_at, id"
                 )
             ]
             return snap

@@ -23,9 +23,9 @@ from redis.exceptions import WatchError
 
 from ..codec import booking_from_json, booking_to_json
 from ..domain.errors import BookingError, LimitExceeded, SeatUnavailable, SoldOut, Unavailable
-from ..domain.inventory import EdgeInventory
 from ..domain.model import Booking, BookingStatus
 from ..ports import AdmitItem, AdmitResult, EdgeSnapshot, Store
+from .memory_admission import inventory_from
 from .redis_locks import RedisLink
 
 READY_KEY = "tb:edge:ready"
@@ -284,13 +284,7 @@ def _snapshot_commands(snapshot: EdgeSnapshot) -> Iterator[Command]:
     The counters come from the domain's own EdgeInventory, restored exactly as the in-process adapter
     restores it, so both adapters start from the same numbers.
     """
-    inventory = EdgeInventory()
-    for event_id, available, max_per_user in snapshot.events:
-        inventory.add_event(event_id, available=available, max_per_user=max_per_user)
-    for event_id, user_id, seat, booking_id in snapshot.owned:
-        inventory.restore(booking_id, event_id, user_id, (seat,))
-    for b in snapshot.pending:
-        inventory.restore_pending(b.id, b.event_id, b.user_id, b.quantity, b.requested_seats)
+    inventory = inventory_from(snapshot)
 
     reservations: dict[str, dict[str, str]] = defaultdict(dict)  # event -> booking id -> reservation
     for b in snapshot.pending:

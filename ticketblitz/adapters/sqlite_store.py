@@ -20,8 +20,9 @@ import trio
 
 from ..domain import rules
 from ..domain.errors import NotFound, Unavailable
-from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus, Section
+from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus
 from ..ports import EdgeSnapshot, Fences
+from .rows import BOOKING_COLUMNS, EVENT_COLUMNS, booking_from_row, event_from_row
 
 T = TypeVar("T")
 
@@ -86,50 +87,22 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_BOOKING_COLUMNS = (
-    "id, event_id, user_id, quantity, requested, seat_ids, status, reason, expires_at, "
-    "created_at, updated_at, idem_key, fingerprint"
-)
-_EVENT_COLUMNS = (
-    "id, name, venue, starts_at, sections, max_per_user, hold_seconds, created_at, available, held, sold"
-)
+
+def _booking(row: Sequence[Any]) -> Booking:
+    return booking_from_row(row, json.loads)
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return event_from_row(row, json.loads)
+
 
 
 def _json_list(values: Sequence[str]) -> str:
     return orjson.dumps(list(values)).decode()
 
 
-def _booking(row: Sequence[Any]) -> Booking:
-    return Booking(
-        id=row[0],
-        event_id=row[1],
-        user_id=row[2],
-        quantity=row[3],
-        requested_seats=tuple(json.loads(row[4])),
-        seat_ids=tuple(json.loads(row[5])),
-        status=BookingStatus(row[6]),
-        reason=row[7],
-        expires_at=row[8],
-        created_at=row[9],
-        updated_at=row[10],
-        idempotency_key=row[11],
-        fingerprint=row[12],
-    )
 
 
-def _event(row: Sequence[Any]) -> Event:
-    sections = tuple(Section(**s) for s in json.loads(row[4]))
-    return Event(
-        id=row[0],
-        name=row[1],
-        venue=row[2],
-        starts_at=row[3],
-        sections=sections,
-        max_per_user=row[5],
-        hold_seconds=row[6],
-        created_at=row[7],
-        counts=Counts(available=row[8], held=row[9], sold=row[10]),
-    )
 
 
 class _Conn:
@@ -249,13 +222,13 @@ class SqliteStore:
 
     async def get_event(self, event_id: str) -> Event | None:
         row = await self._read(
-            lambda db: db.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,)).fetchone()
+            lambda db: db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,)).fetchone()
         )
         return _event(row) if row else None
 
     async def list_events(self) -> list[Event]:
         rows = await self._read(
-            lambda db: db.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq").fetchall()
+            lambda db: db.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY seq").fetchall()
         )
         return [_event(r) for r in rows]
 
@@ -271,14 +244,14 @@ class SqliteStore:
     # ------------------------------------------------------------------ bookings
     async def get_booking(self, booking_id: str) -> Booking | None:
         row = await self._read(
-            lambda db: db.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ?", (booking_id,)).fetchone()
+            lambda db: db.execute(f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = ?", (booking_id,)).fetchone()
         )
         return _booking(row) if row else None
 
     async def bookings_of_event(self, event_id: str) -> list[Booking]:
         rows = await self._read(
             lambda db: db.execute(
-                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = ? ORDER BY created_at", (event_id,)
+                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE event_id = ? ORDER BY created_at", (event_id,)
             ).fetchall()
         )
         return [_booking(r) for r in rows]
@@ -289,7 +262,7 @@ class SqliteStore:
         marks = ",".join("?" * len(keys))
         rows = await self._read(
             lambda db: db.execute(
-                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = ? AND idem_key IN ({marks})",
+                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE event_id = ? AND idem_key IN ({marks})",
                 (event_id, *keys),
             ).fetchall()
         )
@@ -300,17 +273,17 @@ class SqliteStore:
         """Insert one booking; when its id or its Idempotency-Key is already stored, return that booking."""
         try:
             db.execute(
-                f"INSERT INTO bookings ({_BOOKING_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO bookings ({BOOKING_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (b.id, b.event_id, b.user_id, b.quantity, _json_list(b.requested_seats),
                  _json_list(b.seat_ids), b.status.value, b.reason, b.expires_at, b.created_at,
                  b.updated_at, b.idempotency_key, b.fingerprint),
             )
         except sqlite3.IntegrityError:
             # the same booking delivered again, or its Idempotency-Key already taken by another booking
-            row = db.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ?", (b.id,)).fetchone()
+            row = db.execute(f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = ?", (b.id,)).fetchone()
             if row is None:
                 row = db.execute(
-                    f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE event_id = ? AND idem_key = ?",
+                    f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE event_id = ? AND idem_key = ?",
                     (b.event_id, b.idempotency_key),
                 ).fetchone()
             if row is None:
@@ -324,7 +297,7 @@ class SqliteStore:
     async def pending_bookings(self, limit: int) -> list[Booking]:
         rows = await self._read(
             lambda db: db.execute(
-                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'pending' ORDER BY created_at LIMIT ?",
+                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE status = 'pending' ORDER BY created_at LIMIT ?",
                 (limit,),
             ).fetchall()
         )
@@ -362,7 +335,7 @@ class SqliteStore:
                 continue
             event = events.get(current.event_id)
             if event is None:
-                erow = db.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (current.event_id,)).fetchone()
+                erow = db.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", (current.event_id,)).fetchone()
                 event = events[current.event_id] = _event(erow)
                 pickers[event.id] = self._picker(db, event.id, bookings)
             fence = max((fences.get((current.event_id, seat), 0) for seat in current.requested_seats), default=0)
@@ -402,7 +375,7 @@ class SqliteStore:
         for start in range(0, len(ids), 500):
             part = ids[start:start + 500]
             for row in db.execute(
-                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id IN ({','.join('?' * len(part))})", part
+                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id IN ({','.join('?' * len(part))})", part
             ):
                 found[row[0]] = _booking(row)
         return found
@@ -445,7 +418,7 @@ class SqliteStore:
         return bool(row[0])
 
     def _load(self, db: sqlite3.Connection, booking_id: str) -> Booking:
-        row = db.execute(f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE id = ?", (booking_id,)).fetchone()
+        row = db.execute(f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = ?", (booking_id,)).fetchone()
         if row is None:
             raise NotFound(f"booking {booking_id} does not exist")
         return _booking(row)
@@ -493,7 +466,7 @@ class SqliteStore:
     async def expire_lapsed(self, now: float, limit: int) -> list[Booking]:
         def tx(db: sqlite3.Connection) -> list[Booking]:
             rows = db.execute(
-                f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'held' AND expires_at <= ? "
+                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE status = 'held' AND expires_at <= ? "
                 "ORDER BY expires_at LIMIT ?",
                 (now, limit),
             ).fetchall()
@@ -518,7 +491,7 @@ class SqliteStore:
             snap.pending = [
                 _booking(r)
                 for r in db.execute(
-                    f"SELECT {_BOOKING_COLUMNS} FROM bookings WHERE status = 'pending' ORDER BY created_at"
+                    f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE status = 'pending' ORDER BY created_at"
                 )
             ]
             return snap

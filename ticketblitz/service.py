@@ -511,25 +511,17 @@ class BookingService:
             if waiter is not None:
                 waiter.set()
 
-    async def _lock(self, booking: Booking, *, owner: str | None = None, wait: float = 0.0) -> SeatLease | None:
-        """Seat locks for a named booking, retrying for `wait` seconds; None when still contended."""
-        owner = owner or booking.user_id
-        seats = booking.requested_seats
+    async def _lock(self, booking: Booking) -> SeatLease | None:
+        """All the seat locks of a named booking at once, or None when another holder has one of them."""
+        seats, owner = booking.requested_seats, booking.user_id
         self.telemetry.lock("attempt", booking.event_id, seats, owner)
-        deadline = trio.current_time() + wait
-        while True:
-            try:
-                with trio.fail_after(self.settings.lock_timeout):
-                    lease = await self.locks.acquire(booking.event_id, seats, owner, self.settings.lock_ttl_ms)
-            except trio.TooSlowError:
-                raise Unavailable("the lock service did not answer in time", component="lock") from None
-            if lease is not None:
-                self.telemetry.lock("acquired", booking.event_id, seats, owner)
-                return lease
-            self.telemetry.lock("contended", booking.event_id, seats, owner)
-            if trio.current_time() >= deadline:
-                return None
-            await trio.sleep(0.01)
+        try:
+            with trio.fail_after(self.settings.lock_timeout):
+                lease = await self.locks.acquire(booking.event_id, seats, owner, self.settings.lock_ttl_ms)
+        except trio.TooSlowError:
+            raise Unavailable("the lock service did not answer in time", component="lock") from None
+        self.telemetry.lock("acquired" if lease is not None else "contended", booking.event_id, seats, owner)
+        return lease
 
     async def _unlock(self, leases: list[SeatLease]) -> None:
         """Release leases in one round trip. Shielded so that a shutdown still unlocks; the deadline

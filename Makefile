@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run seed test lint typecheck services services-down services-status clean
+.PHONY: install run seed test lint typecheck services services-down services-status bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ typecheck: install
 
 test: install  ## ruff, mypy, then the whole pytest suite against real PostgreSQL, Redis and Kafka
 	bash scripts/test.sh
+
+bench: install  ## benchmark matrix: bench/results/<UTC date>-<commit>.md/.png/.json/-profile.svg
+	$(BIN)/pip install --quiet -e '.[bench]'
+	bash scripts/services.sh up
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 services:  ## start PostgreSQL, Redis and Kafka on loopback (data under .services/)
 	bash scripts/services.sh up

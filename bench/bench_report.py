@@ -1,0 +1,451 @@
+"""The benchmark's outputs: the markdown report (machine, versions, results table, targets with PASS/MISS,
+exact commands, server log problems, profile) and the PNG chart (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_baselines import FASTIFY, AdmitOutcome, HelloOutcome, PgbenchOutcome, kafka_version, pgbench_path
+from bench_common import COMMANDS, WrkResult
+from bench_profile import Profile
+from bench_scenarios import BrowseOutcome, FlashOutcome, IntakeOutcome, Sizes
+from bench_servers import ServerSpec
+
+# The targets (see bench/README.md).
+EMBEDDED_VS_FASTIFY = 1.0
+DISTRIBUTED2_VS_FASTIFY = 0.6
+DISTRIBUTED2_MIN_RPS = 5_000
+FLASH_DECIDED_S = 3.0
+FLASH_P99_MS = 250.0
+DECISIONS_VS_PGBENCH = 0.5
+RSS_LIMIT_MB = 200.0
+
+
+@dataclass
+class ServerResult:
+    spec: ServerSpec
+    command: str = ""
+    flash: FlashOutcome | None = None
+    hot: FlashOutcome | None = None
+    intake: IntakeOutcome | None = None
+    browse: BrowseOutcome | None = None
+    profile: Profile | None = None
+    profile_intake: IntakeOutcome | None = None
+    exit_code: int | None = None
+    problems: list[str] = field(default_factory=list)
+    cleanup_problems: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def failures(self) -> list[str]:
+        """Everything that makes the run FAIL (correctness, not speed)."""
+        out = []
+        if self.error:
+            out.append(f"{self.spec.name}: {self.error.splitlines()[0]}")
+        if self.exit_code != 0:
+            out.append(f"{self.spec.name}: server exit status {self.exit_code} after SIGTERM (0 expected)")
+        for f in (self.flash, self.hot):
+            if f is not None and not f.passed:
+                out.append(f"{self.spec.name}: flash.py {f.kind} failed: {'; '.join(f.report.get('exit_reasons', []))}")
+        for label, i in (("(c) intake", self.intake), ("profile intake", self.profile_intake)):
+            if i is not None and not i.passed:
+                failed = [name for name, ok in i.checks.items() if not ok]
+                out.append(f"{self.spec.name}: {label} checks failed: {', '.join(failed)}")
+        if self.browse is not None and not self.browse.passed:
+            out.append(f"{self.spec.name}: (d) browse had 5xx, socket errors or unexpected statuses")
+        out += [f"{self.spec.name}: cleanup: {p}" for p in self.cleanup_problems]
+        return out
+
+    def peak_decisions(self) -> int | None:
+        rates = [o.timeline.peak_decisions for o in (self.flash, self.intake) if o is not None and o.timeline]
+        return max(rates) if rates else None
+
+
+@dataclass
+class Baselines:
+    fastify: HelloOutcome | None = None
+    quart: HelloOutcome | None = None
+    door: HelloOutcome | None = None
+    admission: list[AdmitOutcome] = field(default_factory=list)
+    pgbench: PgbenchOutcome | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def failures(self) -> list[str]:
+        out = [f"baseline: {e}" for e in self.errors]
+        out += [f"baseline {h.name}: socket errors, non-200 answers or exit {h.exit_code}"
+                for h in (self.fastify, self.quart, self.door) if h is not None and not h.passed]
+        out += [f"baseline redis admission batch {a.batch}: admitted {a.admitted} of {a.expected}"
+                for a in self.admission if not a.passed]
+        return out
+
+
+@dataclass
+class Target:
+    name: str
+    measured: str
+    goal: str
+    ratio: str
+    ok: bool | None  # None: could not be measured in this run
+
+    @property
+    def verdict(self) -> str:
+        return "n/a" if self.ok is None else ("PASS" if self.ok else "MISS")
+
+
+# ---------------------------------------------------------------------- machine and versions
+
+
+def machine() -> dict[str, str]:
+    meminfo = Path("/proc/meminfo").read_text()
+    total_kb = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))  # type: ignore[union-attr]
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
+    return {"nproc": str(os.cpu_count()), "memory": f"{total_kb / 1024 / 1024:.1f} GiB",
+            "cpu": model.group(1).strip() if model else platform.processor() or "unknown",
+            "kernel": platform.release()}
+
+
+def _output(cmd: list[str]) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else "?"
+
+
+def versions(urls: dict[str, str] | None) -> dict[str, str]:
+    out: dict[str, str] = {"python": platform.python_version()}
+    for dist in ("trio", "hypercorn", "quart", "quart-trio", "httptools", "orjson", "psycopg", "redis",
+                 "kafka-python", "matplotlib", "py-spy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    out["node"] = _output(["node", "--version"])
+    try:
+        out["fastify"] = json.loads((FASTIFY / "package.json").read_text())["version"]
+    except OSError:
+        out["fastify"] = "not installed"
+    out["wrk"] = _output(["wrk", "-v"])
+    out["redis-benchmark"] = _output(["redis-benchmark", "--version"])
+    out["pgbench"] = _output([pgbench_path() or "pgbench", "--version"])
+    if urls:
+        try:
+            import redis
+
+            with redis.Redis.from_url(urls["TICKETBLITZ_REDIS_URL"], socket_timeout=5) as client:
+                out["redis server"] = str(client.info("server")["redis_version"])
+        except Exception as exc:
+            out["redis server"] = f"unavailable ({exc.__class__.__name__})"
+        try:
+            import psycopg
+
+            with psycopg.connect(urls["TICKETBLITZ_DATABASE_URL"], connect_timeout=5) as conn:
+                row = conn.execute("SHOW server_version").fetchone()
+                out["postgres"] = str(row[0]) if row else "?"
+        except Exception as exc:
+            out["postgres"] = f"unavailable ({exc.__class__.__name__})"
+        out["kafka"] = kafka_version()
+    return out
+
+
+# ---------------------------------------------------------------------- targets
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "—"
+
+
+def targets(servers: dict[str, ServerResult], base: Baselines, sizes: Sizes) -> list[Target]:
+    out: list[Target] = []
+    fastify = base.fastify.wrk.rps if base.fastify else None
+    embedded = servers.get("embedded")
+    if embedded is not None:
+        rps = embedded.intake.wrk.rps if embedded.intake else None
+        out.append(Target("embedded 1-proc intake (c) ≥ 1.0 x Fastify POST", _num(rps, " req/s"),
+                          f"≥ {_num(fastify, ' req/s')}" if fastify else "Fastify not measured", _ratio(rps, fastify),
+                          None if rps is None or fastify is None else rps >= EMBEDDED_VS_FASTIFY * fastify))
+    d2 = servers.get("distributed2")
+    if d2 is not None:
+        rps = d2.intake.wrk.rps if d2.intake else None
+        out.append(Target("distributed 2-proc intake (c) ≥ 0.6 x Fastify POST", _num(rps, " req/s"),
+                          f"≥ {_num(fastify and fastify * DISTRIBUTED2_VS_FASTIFY, ' req/s')}",
+                          _ratio(rps, fastify),
+                          None if rps is None or fastify is None else rps >= DISTRIBUTED2_VS_FASTIFY * fastify))
+        out.append(Target("distributed 2-proc intake (c) ≥ 5,000 req/s", _num(rps, " req/s"), "≥ 5,000 req/s",
+                          _ratio(rps, DISTRIBUTED2_MIN_RPS), None if rps is None else rps >= DISTRIBUTED2_MIN_RPS))
+    pg = base.pgbench.tps if base.pgbench else None
+    for name, r in servers.items():
+        f = r.flash
+        if f is not None:
+            b, v = f.report["burst"], f.report["verification"]
+            clean = b["answered"] == sizes.flash_clients and not b["socket_errors"]
+            out.append(Target(f"{name}: flash — {sizes.flash_clients:,} answered, no socket errors",
+                              f"{b['answered']:,} answered, socket errors {b['socket_errors'] or 'none'}",
+                              f"{sizes.flash_clients:,}, none", "—", clean))
+            lag = f.decided_after_last_request
+            out.append(Target(f"{name}: flash — all decided ≤ 3 s after the last request", _num(lag, " s", 3),
+                              "≤ 3 s", _ratio(None if lag is None else max(lag, 0.0), FLASH_DECIDED_S),
+                              None if lag is None else (lag <= FLASH_DECIDED_S and v["still_pending"] == 0)))
+            p99 = b["latency_ms"]["p99"]
+            out.append(Target(f"{name}: flash — p99 ≤ 250 ms", _num(p99, " ms"), "≤ 250 ms",
+                              _ratio(p99, FLASH_P99_MS), None if p99 is None else p99 <= FLASH_P99_MS))
+            out.append(Target(f"{name}: flash — oversold 0", str(v["oversold"]), "0", "—", v["oversold"] == 0))
+        decisions = r.peak_decisions()
+        out.append(Target(f"{name}: decisions/s ≥ 0.5 x pgbench tps", _num(decisions, "/s"),
+                          f"≥ {_num(pg and pg * DECISIONS_VS_PGBENCH, '/s')}", _ratio(decisions, pg),
+                          None if decisions is None or pg is None else decisions >= DECISIONS_VS_PGBENCH * pg))
+        if f is not None and f.rss:
+            worst = max(f.rss, key=lambda p: p["peak_rss_mb"])
+            each = ", ".join(f"{p['role']} {p['peak_rss_mb']:.0f}" for p in f.rss)
+            out.append(Target(f"{name}: ≤ 200 MB RSS per process at {sizes.flash_clients:,} connections",
+                              f"{each} MB", "≤ 200 MB", _ratio(worst["peak_rss_mb"], RSS_LIMIT_MB),
+                              worst["peak_rss_mb"] <= RSS_LIMIT_MB))
+    return out
+
+
+def analysis_notes(servers: dict[str, ServerResult], base: Baselines) -> list[str]:
+    """Facts that explain the numbers, computed from them."""
+    notes = []
+    for name, r in servers.items():
+        f = r.flash
+        if f is not None:
+            b = f.report["burst"]
+            if b["requests_per_second"]:
+                notes.append(
+                    f"{name} (a): the {b['clients']:,} answers took {b['burst_seconds']:.2f} s "
+                    f"({b['requests_per_second']:,.0f} req/s); the driver wrote its last request "
+                    f"{b['send_spread_ms']} ms after the release. At a steady rate p99 is close to the whole "
+                    f"burst, so p99 ≤ 250 ms needs about {b['clients'] / 0.25:,.0f} req/s for the burst.")
+        for label, o in (("(a)", r.flash), ("(b)", r.hot)):
+            d = o.report.get("decisions") if o is not None else None
+            if d and d.get("server_last_decision") is not None and d["server_last_decision"] > FLASH_DECIDED_S:
+                notes.append(f"{name} {label}: the last 202 was decided {d['server_last_decision']:.1f} s after the "
+                             "burst (see the server log below).")
+    if "embedded" in servers and base.pgbench is not None:
+        notes.append("embedded decides in SQLite; its decisions/s are compared with PostgreSQL's pgbench tps only "
+                     "because that is the target as written.")
+    return notes
+
+
+# ---------------------------------------------------------------------- markdown
+
+
+def _num(value: float | None, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _statuses(statuses: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v:,}" for k, v in sorted(statuses.items())) or "—"
+
+
+def _wrk_errors(w: WrkResult) -> str:
+    sock = ", ".join(f"{k} {v}" for k, v in w.socket_errors.items() if v) or "0"
+    return f"{w.unexpected} / {w.server_errors} / {sock}"
+
+
+def _rss(rss: list[dict[str, Any]]) -> str:
+    return "<br>".join(f"{p['role']} {p['pid']}: {p['peak_rss_mb']:.0f} MB (peak {p['peak_fds']:,} fds)"
+                       for p in rss) or "—"
+
+
+def _cpu(cpu: list[dict[str, Any]], client: tuple[str, float | None] | None = None) -> str:
+    parts = [f"{p['role']} {p['pid']}: {p['cpu_s']:.1f} s" for p in cpu]
+    if client is not None and client[1] is not None:
+        parts.append(f"({client[0]}: {client[1]:.1f} s)")
+    return "<br>".join(parts) or "—"
+
+
+def _check(ok: bool) -> str:
+    return "OK" if ok else "**FAIL**"
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _lat(w: WrkResult) -> tuple[str, str, str]:
+    return _num(w.latency_ms["p50"], "", 1), _num(w.latency_ms["p99"], "", 1), _num(w.latency_ms["max"], "", 1)
+
+
+def results_table(servers: dict[str, ServerResult], base: Baselines) -> list[str]:
+    head = [_row("server", "scenario", "req/s", "p50 ms", "p99 ms", "max ms", "answers",
+                 "non-2xx/409 · 5xx · socket errors", "time to all decided", "decisions/s (peak 1 s · mean)",
+                 "RSS per process at peak", "server CPU during the run", "checks"),
+            "|---|---|---:|---:|---:|---:|---|---|---|---|---|---|---|"]
+    rows = []
+    for name, r in servers.items():
+        if r.error and not (r.flash or r.intake):
+            rows.append(_row(name, "—", *[""] * 10, f"**FAIL**: {r.error.splitlines()[0]}"))
+            continue
+        for f in (r.flash, r.hot):
+            if f is None:
+                continue
+            b, v, d = f.report["burst"], f.report["verification"], f.report.get("decisions")
+            lat = b["latency_ms"]
+            driver = f" (driver saw {d['time_to_all_decided']} s)" if d and d.get("time_to_all_decided") else ""
+            tl = f.timeline
+            rows.append(_row(
+                name, f"({'a' if f.kind == 'flash' else 'b'}) {f.kind} {b['clients']:,} clients, "
+                f"{f.report['seats']:,} seats", f"{b['requests_per_second']:,.0f}", _num(lat["p50"], "", 1),
+                _num(lat["p99"], "", 1), _num(lat["max"], "", 1),
+                f"{_statuses(b['statuses'])}; held {v['held']:,}, oversold {v['oversold']}", _socket_summary(b),
+                f"{_num(f.decided_after_last_request, ' s', 3)} after the last request{driver}",
+                f"{tl.peak_decisions if tl else '—'} · {_num(tl.mean_decisions if tl else None)}",
+                _rss(f.rss) if f.kind == "flash" else "—",
+                _cpu(f.cpu, ("flash.py", b.get("driver_cpu_burst_seconds"))), _check(f.passed)))
+        if r.intake is not None:
+            i, w = r.intake, r.intake.wrk
+            rows.append(_row(
+                name, f"(c) intake {w.seconds:.0f} s, 200,000 seats", f"{w.rps:,.0f}", *_lat(w),
+                f"{_statuses(w.statuses)}; held+sold {i.counts['held'] + i.counts['sold']:,}", _wrk_errors(w),
+                f"{_num(i.time_to_covered, ' s', 2)} after wrk ended",
+                f"{i.timeline.peak_decisions:,} · {_num(i.timeline.mean_decisions)}", "—",
+                _cpu(i.cpu, ("wrk", w.client_cpu_s)), _check(i.passed)))
+        if r.browse is not None:
+            for what, w in (("GET /api/events/{id}", r.browse.event), ("GET /api/events/{id}/seats", r.browse.seats)):
+                rows.append(_row(name, f"(d) browse {what}, 1,000 seats", f"{w.rps:,.0f}", *_lat(w),
+                                 _statuses(w.statuses), _wrk_errors(w), "—", "—", "—", "—", _check(r.browse.passed)))
+    for h in (base.fastify, base.quart, base.door):
+        if h is not None:
+            w = h.wrk
+            rows.append(_row("baseline", f"{h.name} hello world, POST /hello", f"{w.rps:,.0f}", *_lat(w),
+                             _statuses(w.statuses), _wrk_errors(w), "—", "—", "—", "—", _check(h.passed)))
+    for a in base.admission:
+        rows.append(_row("baseline", f"redis-benchmark EVALSHA edge_admit, batch {a.batch}",
+                         f"{a.calls_per_second:,.0f} calls/s = {a.admits_per_second:,.0f} admits/s",
+                         f"{a.p50_ms:.2f}", f"{a.p99_ms:.2f}", "—", f"{a.admitted:,} admitted of {a.expected:,}",
+                         "—", "—", "—", "—", "—", _check(a.passed)))
+    if base.pgbench is not None:
+        p = base.pgbench
+        rows.append(_row("baseline", f"pgbench conditional seat claim, {p.rows:,} rows, -c 8 -j 2", f"{p.tps:,.0f} tps",
+                         f"{_num(p.latency_ms, '', 2)} (avg)", "—", "—",
+                         f"{p.transactions:,} transactions, {p.claimed:,} seats claimed", "—", "—", "—", "—", "—",
+                         "OK"))
+    return head + rows
+
+
+def _socket_summary(burst: dict[str, Any]) -> str:
+    statuses = burst["statuses"]
+    odd = sum(n for s, n in statuses.items() if not (s.startswith("2") or s == "409"))
+    five = sum(n for s, n in statuses.items() if s.startswith("5"))
+    sock = ", ".join(f"{k} {v}" for k, v in burst["socket_errors"].items()) or "0"
+    return f"{odd} / {five} / {sock}"
+
+
+def markdown(*, title: str, started: str, finished: str, commit: str, dirty: list[str], argv: list[str],
+             sizes: Sizes, machine_info: dict[str, str], version_info: dict[str, str],
+             servers: dict[str, ServerResult], base: Baselines, goals: list[Target], failures: list[str],
+             chart: str | None, profile: Profile | None, notes: list[str]) -> str:
+    lines = [f"# {title}", "",
+             f"Run `{' '.join(argv)}` from {started} to {finished} (UTC) at commit `{commit}`"
+             + (f" with uncommitted changes in {', '.join(f'`{d}`' for d in dirty)}" if dirty else "") + ".", "",
+             f"**Verification: {'PASS' if not failures else 'FAIL'}**"
+             + ("" if not failures else "\n\n" + "\n".join(f"- {f}" for f in failures)), "",
+             "## Machine", "",
+             "| nproc | memory | CPU | kernel |", "|---|---|---|---|",
+             _row(machine_info["nproc"], machine_info["memory"], machine_info["cpu"], machine_info["kernel"]),
+             "", "## Versions", "", "| component | version |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in version_info.items()]
+    lines += ["", "## Targets", "", "| target | measured | goal | ratio | result |", "|---|---|---|---|---|"]
+    lines += [f"| {t.name} | {t.measured} | {t.goal} | {t.ratio} | **{t.verdict}** |" for t in goals]
+    lines += ["", "## Results", "", *results_table(servers, base), ""]
+    lines += ["Latencies: flash/hot from the release of all fans to each complete answer (bench/flash.py, which shares "
+              "the machine's CPUs with the server); wrk from each request to its answer. \"non-2xx/409 · 5xx · socket "
+              "errors\": answers other than 2xx and 409, 5xx answers, wrk/flash socket errors. Decisions/s: from the "
+              "bookings' `updated_at` in the store (one timestamp per decided batch), busiest wall-clock second and "
+              "mean between first and last decision; during (c) they cannot exceed the intake rate. "
+              "RSS: peak VmRSS of each server process during the flash sale (a), with the most descriptors it had "
+              "open (its share of the fans' connections). Server CPU: user + system seconds each server process "
+              "used while the driver ran, and in brackets the driver's own (flash.py: during the burst only); the "
+              "machine has 2 cores for everything.", ""]
+    if notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    if chart:
+        lines += ["## Chart", "", f"![throughput and latency over time]({chart})", ""]
+    if profile is not None:
+        lines += ["## Profile: embedded server during sustained intake (c)", "",
+                  f"py-spy, {profile.samples:,} samples at 100 Hz per thread (all threads, idle excluded), "
+                  "taken during an extra intake run so that the measured runs are not slowed down; flame graph: "
+                  f"`{profile.svg.name}`. Own time = samples whose innermost Python frame is the function; time "
+                  "in C (sqlite3, sockets, orjson) counts for the Python function that called it.", "",
+                  "| # | function (own time) | samples | share |", "|---:|---|---:|---:|"]
+        lines += [f"| {i} | `{name}` | {n:,} | {pct}% |" for i, (name, n, pct) in enumerate(profile.top, 1)]
+        lines += ["", "| thread | samples | share | its top functions by own time (share of all samples) |",
+                  "|---|---:|---:|---|"]
+        lines += [_row(f"`{name}`", f"{n:,}", f"{pct}%",
+                       "<br>".join(f"`{f}` {p}%" for f, _, p in profile.top_by_thread.get(name, [])))
+                  for name, n, pct in profile.threads]
+        lines += ["", "Trio names a cached worker thread after a call it once ran, so one thread name covers every "
+                  "store call that thread made (intake inserts and consumer decisions alike).", "",
+                  "| # | TicketBlitz function (inclusive time) | samples | share |", "|---:|---|---:|---:|"]
+        lines += [f"| {i} | `{name}` | {n:,} | {pct}% |" for i, (name, n, pct) in enumerate(profile.top_inclusive, 1)]
+        lines += [f"- py-spy: {e}" for e in profile.errors]
+        lines.append("")
+    lines += ["## Server logs: errors and warnings", ""]
+    for name, r in servers.items():
+        lines.append(f"- **{name}** (exit status {r.exit_code}): "
+                     + ("none" if not r.problems else f"{len(r.problems)} line(s)"))
+        if r.problems:
+            lines += ["", "```", *r.problems, "```", ""]
+    lines += ["", "## Commands", "", "Exactly what ran, in order (secrets masked):", "", "```"]
+    lines += [f"# {label}\n{cmd}" for label, cmd in COMMANDS.entries]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- chart
+
+
+def chart(path: Path, servers: dict[str, ServerResult], base: Baselines) -> bool:
+    """Intake throughput, decisions/s and probe latency over time during (c), one line per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {name: r.intake for name, r in servers.items() if r.intake is not None}
+    if not runs:
+        return False
+    fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(11, 11), sharex=True)
+    for name, i in runs.items():
+        t0 = i.wrk.started_at  # each per-second count is drawn at the middle of its wall-clock second
+        answers = i.wrk.answers_per_second
+        ax1.plot([s + 0.5 - t0 for s in answers], list(answers.values()), marker="o", ms=3,
+                 label=f"{name} (mean {i.wrk.rps:,.0f} req/s)")
+        decided = i.timeline.decided_per_second
+        ax2.plot([s + 0.5 - t0 for s in decided], list(decided.values()), marker="o", ms=3, label=name)
+        if i.probe:
+            ax3.plot([t - i.wrk.started_at for t, _, _ in i.probe], [ms for _, ms, _ in i.probe], ".", ms=4,
+                     label=f"{name} probe")
+    for h, style in ((base.fastify, "--"), (base.door, ":")):
+        if h is not None:
+            ax1.axhline(h.wrk.rps, color="grey", linestyle=style, label=f"{h.name} hello POST {h.wrk.rps:,.0f} req/s")
+    if base.pgbench is not None:
+        ax2.axhline(base.pgbench.tps, color="grey", linestyle="--", label=f"pgbench {base.pgbench.tps:,.0f} tps")
+        ax2.axhline(base.pgbench.tps * DECISIONS_VS_PGBENCH, color="grey", linestyle=":",
+                    label="target: 0.5 x pgbench")
+    ax1.set_ylabel("answers/s (wrk)")
+    ax1.set_title("(c) sustained intake: POST /api/events/{id}/bookings, wrk -t2 -c100")
+    ax1.set_yscale("log")
+    ax2.set_ylabel("decisions/s (store updated_at)")
+    ax2.set_yscale("log")
+    ax3.set_ylabel("probe booking latency (ms)")
+    ax3.set_yscale("log")
+    ax3.set_xlabel("seconds since wrk started")
+    for ax in (ax1, ax2, ax3):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -198,3 +198,6 @@ class Admission(Protocol):
 
     async def pending(self, booking_id: str) -> Booking | None:
         """A booking accepted but not yet in the store (queued in Kafka), else None."""
+
+    async def record_rejected(self, booking: Booking) -> None:
+        """A booking the store could not take (dead-lettered): answer reads with this final state."""

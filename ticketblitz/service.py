@@ -416,6 +416,9 @@ class BookingService:
                     self._failures.pop(booking.id, None)
                     await self.queue.dead_letter([booking], f"{type(exc).__name__}: {exc}")
                     await self.admission.withdraw([booking])
+                    # the store cannot take it: readers see it rejected (no seats given) instead of pending
+                    await self.admission.record_rejected(replace(
+                        booking, status=BookingStatus.REJECTED, reason="seat_unavailable", updated_at=self.clock()))
                     self.telemetry.queued("dead_lettered", 1, booking_id=booking.id)
                 else:
                     self._failures[booking.id] = attempts

@@ -92,5 +92,8 @@ class InProcessAdmission:
         for b in bookings:
             self.inventory.release(b.id, b.event_id, b.user_id, b.seat_ids)
 
+    async def record_rejected(self, booking: Booking) -> None:
+        return None  # embedded: the booking stays pending in the store and is tried again after a restart
+
     async def pending(self, booking_id: str) -> Booking | None:
         return None  # the embedded queue stores pending bookings before it answers

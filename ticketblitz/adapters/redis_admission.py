@@ -142,6 +142,12 @@ class RedisAdmission:
             ]
             await self._edit(self._release, [orjson.dumps(released)], "release")
 
+    async def record_rejected(self, booking: Booking) -> None:
+        """Keep the final state where reads find bookings the store has not got (the pending record)."""
+        raw = booking_to_json(booking)
+        await self._link.run(
+            lambda: self._link.client.set(pending_key(booking.id), raw, ex=self.pending_ttl_s), "record rejected")
+
     async def pending(self, booking_id: str) -> Booking | None:
         """A booking accepted at the edge but not yet in the store (queued), else None."""
         raw = await self._link.run(lambda: self._link.client.get(pending_key(booking_id)), "pending")

@@ -60,6 +60,18 @@ class ServerProcess:
             return await self.proc.wait()
 
 
+def client_of(server: ServerProcess) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=300))
+
+
+async def new_event(client: httpx.AsyncClient, name: str) -> str:
+    """A 100-seat event (5 rows of 20); its id."""
+    r = await client.post("/api/events", headers={"Authorization": f"Bearer {TOKEN}"},
+                          json={"name": name, "sections": [{"name": "A", "rows": 5, "seats_per_row": 20}]})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
 async def burst(client: httpx.AsyncClient, event_id: str, kill: ServerProcess | None = None) -> list[str]:
     """600 concurrent requests: quantity bookings plus fans of one seat via the queued compat route.
     With `kill`, the server gets SIGKILL as soon as 200 requests were accepted, mid-burst."""
@@ -115,19 +127,15 @@ async def final_state(client: httpx.AsyncClient, event_id: str, ids: list[str], 
 async def test_kill_9_after_202s_then_restart_decides_every_booking(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
     await server.start()
-    async with httpx.AsyncClient(base_url=server.url, timeout=60,
-                                 limits=httpx.Limits(max_connections=300)) as client:
-        r = await client.post("/api/events", headers={"Authorization": f"Bearer {TOKEN}"},
-                              json={"name": "crash", "sections": [{"name": "A", "rows": 5, "seats_per_row": 20}]})
-        event_id = r.json()["id"]
+    async with client_of(server) as client:
+        event_id = await new_event(client, "crash")
         ids = await burst(client, event_id, kill=server)
     assert server.proc is not None
     assert await server.proc.wait() == -signal.SIGKILL
     assert len(ids) >= 200
 
     await server.start()  # same data dir: pending work resumes
-    async with httpx.AsyncClient(base_url=server.url, timeout=60,
-                                 limits=httpx.Limits(max_connections=300)) as client:
+    async with client_of(server) as client:
         statuses = await final_state(client, event_id, ids, wait=30)
     assert statuses["pending"] == 0, statuses
     assert statuses["held"] == 100  # 100 seats, more than 100 accepted: every seat ends held exactly once
@@ -138,11 +146,8 @@ async def test_kill_9_with_every_accepted_booking_still_queued(tmp_path: Path) -
     """An intake-only process (no consumers) accepts, dies by SIGKILL; the next process decides it all."""
     server = ServerProcess(tmp_path / "data", tmp_path / "server.log", consumers=0)
     await server.start()
-    async with httpx.AsyncClient(base_url=server.url, timeout=60,
-                                 limits=httpx.Limits(max_connections=300)) as client:
-        r = await client.post("/api/events", headers={"Authorization": f"Bearer {TOKEN}"},
-                              json={"name": "crash", "sections": [{"name": "A", "rows": 5, "seats_per_row": 20}]})
-        event_id = r.json()["id"]
+    async with client_of(server) as client:
+        event_id = await new_event(client, "crash")
         ids = await burst(client, event_id)
         pending = await final_state(client, event_id, ids, wait=0)
     assert pending == {"pending": len(ids)}
@@ -151,8 +156,7 @@ async def test_kill_9_with_every_accepted_booking_still_queued(tmp_path: Path) -
     server.consumers = 2
     await server.start()
     assert f"resuming {len(ids)} pending bookings" in server.log.read_text()
-    async with httpx.AsyncClient(base_url=server.url, timeout=60,
-                                 limits=httpx.Limits(max_connections=300)) as client:
+    async with client_of(server) as client:
         statuses = await final_state(client, event_id, ids, wait=30)
     assert statuses["pending"] == 0, statuses
     assert sum(statuses.values()) == len(ids)
@@ -162,18 +166,14 @@ async def test_kill_9_with_every_accepted_booking_still_queued(tmp_path: Path) -
 async def test_sigterm_drains_the_queue_and_exits_0(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
     await server.start()
-    async with httpx.AsyncClient(base_url=server.url, timeout=60,
-                                 limits=httpx.Limits(max_connections=300)) as client:
-        r = await client.post("/api/events", headers={"Authorization": f"Bearer {TOKEN}"},
-                              json={"name": "drain", "sections": [{"name": "A", "rows": 5, "seats_per_row": 20}]})
-        event_id = r.json()["id"]
+    async with client_of(server) as client:
+        event_id = await new_event(client, "drain")
         ids = await burst(client, event_id)
     assert await server.signal_and_wait(signal.SIGTERM) == 0
     assert "drained" in server.log.read_text()
 
     await server.start()
-    async with httpx.AsyncClient(base_url=server.url, timeout=60,
-                                 limits=httpx.Limits(max_connections=300)) as client:
+    async with client_of(server) as client:
         statuses = await final_state(client, event_id, ids, wait=0)  # decided before the exit
     assert statuses["pending"] == 0, statuses
     assert await server.signal_and_wait(signal.SIGINT) == 0

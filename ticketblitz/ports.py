@@ -55,9 +55,6 @@ class Store(Protocol):
     async def bookings_of_event(self, event_id: str) -> list[Booking]:
         """Every booking of the event (tests and invariant checks)."""
 
-    async def find_idempotent(self, event_id: str, keys: Sequence[str]) -> dict[str, Booking]:
-        """Bookings of the event holding these Idempotency-Keys, by key."""
-
     async def insert_pending(self, bookings: Sequence[Booking]) -> list[Booking | None]:
         """Insert pending bookings in one transaction. Per booking: None when inserted, else the stored
         booking that already has its id or its (event, Idempotency-Key)."""

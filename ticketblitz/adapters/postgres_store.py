@@ -667,19 +667,6 @@ class PostgresStore:
         )
         return [_booking(r) for r in rows]
 
-    async def find_idempotent(self, event_id: str, keys: Sequence[str]) -> dict[str, Booking]:
-        keys = [k for k in keys if _storable(k)]
-        if not keys or not _storable(event_id):
-            return {}
-        rows = await self._call(
-            lambda conn: conn.execute(
-                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE event_id = %s AND idem_key = ANY(%s::text[])",
-                (event_id, list(keys)),
-            ).fetchall(),
-            transaction=False,
-        )
-        return {r[11]: _booking(r) for r in rows}
-
     async def insert_pending(self, bookings: Sequence[Booking]) -> list[Booking | None]:
         def tx(conn: Conn) -> list[Booking | None]:
             _serialize_owners(conn, bookings)

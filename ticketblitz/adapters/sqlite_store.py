@@ -256,18 +256,6 @@ class SqliteStore:
         )
         return [_booking(r) for r in rows]
 
-    async def find_idempotent(self, event_id: str, keys: Sequence[str]) -> dict[str, Booking]:
-        if not keys:
-            return {}
-        marks = ",".join("?" * len(keys))
-        rows = await self._read(
-            lambda db: db.execute(
-                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE event_id = ? AND idem_key IN ({marks})",
-                (event_id, *keys),
-            ).fetchall()
-        )
-        return {r[11]: _booking(r) for r in rows}
-
     @staticmethod
     def _insert(db: sqlite3.Connection, b: Booking) -> Booking | None:
         """Insert one booking; when its id or its Idempotency-Key is already stored, return that booking."""

@@ -82,15 +82,10 @@ class BookingService:
         await self.queue.open()
         await self.locks.open()
         await self.admission.open()
-        events = await self.store.list_events()
-        for event in events:
+        for event in await self.store.list_events():
             self._remember(event)
         await self.admission.ensure(self.store)
         await self.locks.raise_fence(await self.store.fence_floor())
-        for event in events:  # created while admission was kept elsewhere (no-op for known events)
-            counts = event.counts
-            await self.admission.add_event(event.id, counts.available if counts else event.capacity,
-                                           event.max_per_user)
         self.accepting = True
 
     async def close(self) -> None:

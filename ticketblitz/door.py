@@ -24,7 +24,7 @@ import orjson
 import trio
 
 from . import intake
-from .representation import problem
+from .representation import http_code, problem
 from .service import BookingService
 
 log = logging.getLogger("ticketblitz.door")
@@ -101,8 +101,8 @@ def _response(answer: intake.Answer, keep_alive: bool) -> bytes:
 
 
 def _problem(status: int, detail: str) -> intake.Answer:
-    code = {413: "payload_too_large", 503: "unavailable"}.get(status, "invalid_request")
-    return intake.Answer(status, problem(status, code, REASONS.get(status, b"").decode(), detail), {}, intake.PROBLEM)
+    title = REASONS.get(status, b"").decode()
+    return intake.Answer(status, problem(status, http_code(status), title, detail), {}, intake.PROBLEM)
 
 
 class IntakeDoor:

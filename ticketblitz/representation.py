@@ -10,6 +10,16 @@ from .domain.errors import BookingError
 from .domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatStatus
 from .telemetry import iso_time
 
+# codes of problem+json answers that come from HTTP itself rather than from the booking rules
+HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+              405: "invalid_request", 408: "invalid_request", 411: "invalid_request", 413: "payload_too_large",
+              414: "invalid_request", 415: "invalid_request", 431: "invalid_request", 503: "unavailable"}
+
+
+def http_code(status: int) -> str:
+    return HTTP_CODES.get(status, "invalid_request" if status < 500 else "unavailable")
+
+
 COMPAT_STATUS = {SeatStatus.AVAILABLE: "AVAILABLE", SeatStatus.HELD: "LOCKED", SeatStatus.SOLD: "BOOKED"}
 
 

@@ -31,6 +31,7 @@ from ..representation import (
     booking_json,
     compat_seat_json,
     event_json,
+    http_code,
     problem,
     problem_of,
     seat_json,
@@ -61,9 +62,6 @@ from ..service import BookingService
 log = logging.getLogger("ticketblitz.web")
 
 PROBLEM_TYPE = "application/problem+json"
-HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "invalid_request", 408: "invalid_request", 411: "invalid_request", 413: "payload_too_large",
-              414: "invalid_request", 415: "invalid_request", 431: "invalid_request"}
 
 DESCRIPTION = """TicketBlitz sells a fixed stock of seats to a crowd that arrives all at once, without selling
 a seat twice and without losing an accepted request.
@@ -124,7 +122,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def _http_error(error: HTTPException) -> Response:
         status = error.code or 500
-        code = HTTP_CODES.get(status, "invalid_request" if status < 500 else "unavailable")
+        code = http_code(status)
         detail = error.description or error.name
         if status == 404:
             detail = f"no route {request.method} {request.path}" if request else "not found"

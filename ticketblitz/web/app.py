@@ -150,14 +150,16 @@ def create_app(service: BookingService) -> QuartTrio:
         return problem_response(error.status, error.code, "Unauthorized" if error.status == 401 else "Forbidden",
                                 error.detail)
 
-    async def body_of(model: Any) -> Any:
+    async def raw_body() -> bytes:
         raw: bytes = await request.get_data(cache=False, as_text=False)  # type: ignore[assignment]
-        return parse_body(model, raw)
+        return raw
+
+    async def body_of(model: Any) -> Any:
+        return parse_body(model, await raw_body())
 
     async def intake_response(route: Any, *path_args: str) -> Response:
         """The intake routes answer through `ticketblitz.intake`, like the Trio-native door."""
-        raw: bytes = await request.get_data(cache=False, as_text=False)  # type: ignore[assignment]
-        result = await route(service, *path_args, request.headers.get("Idempotency-Key"), raw)
+        result = await route(service, *path_args, request.headers.get("Idempotency-Key"), await raw_body())
         return json_response(result.body, result.status, result.headers, result.content_type)
 
     # ------------------------------------------------------------------ events

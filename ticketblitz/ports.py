@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .domain.errors import BookingError
-from .domain.model import Booking, Event, Seat
+from .domain.model import Booking, Event, Seat, SeatStatus
 
 Fences = Mapping[tuple[str, str], int]  # (event_id, seat_id) -> fencing number of the lock held on it
 
@@ -80,10 +80,47 @@ class Store(Protocol):
         Otherwise InvalidTransition; unknown id → NotFound."""
 
     async def cancel(self, booking_id: str, now: float) -> Booking:
-        """Held → cancelled, seats available. Otherwise InvalidTransition; unknown id → NotFound."""
+        """Held → cancelled, seats available, and marked *edge due* (see `edge_due`) in the same
+        transaction. Otherwise InvalidTransition; unknown id → NotFound."""
 
     async def expire_lapsed(self, now: float, limit: int) -> list[Booking]:
-        """Up to `limit` held bookings with expires_at <= now → expired, seats available; returns them."""
+        """Up to `limit` held bookings with expires_at <= now → expired, seats available, each marked
+        *edge due* in the same transaction; returns them."""
+
+    async def edge_due(self, older_than: float, limit: int) -> list[Booking]:
+        """The transactional outbox of edge releases: up to `limit` cancelled or expired bookings whose
+        release at the edge is not yet confirmed (`edge_done`) and whose `updated_at` <= older_than,
+        oldest first. What a crash between a commit and its edge release leaves behind."""
+
+    async def edge_done(self, booking_ids: Sequence[str]) -> None:
+        """The edge released these bookings' seats: take them out of the outbox (unknown ids: ignored)."""
+
+    async def reject(self, bookings: Sequence[Booking], reason: str, now: float, *, insert: bool = False,
+                     keep_key: bool = True) -> list[tuple[Booking, bool]]:
+        """Record bookings as `rejected` with `reason` (no seats), in one transaction: a stored pending
+        booking becomes rejected; with `insert`, one not stored yet is inserted rejected (with its
+        Idempotency-Key only when `keep_key`). A booking stored with another status is left as it is.
+        Per booking, (the booking as stored now, whether this call rejected it).
+
+        Used for dead letters (`processing_failed`, key kept: a repeat finds the final state) and for
+        tombstones of an enqueue whose outcome is unknown (inserted without key: a Kafka copy that did
+        get written finds it decided and changes nothing, and the client's retry books afresh)."""
+
+    async def server_key(self, candidate: bytes) -> bytes:
+        """The deployment's key for booking secrets: stores `candidate` unless a key is stored already,
+        and returns the stored one (every process of a deployment gets the same key)."""
+
+    async def seat_map_json(self, event_id: str, form: str) -> bytes | None:
+        """The seat map document as JSON bytes, built by the database in one call off the Trio thread
+        (None: no such event). form "api": `{"event_id": …, "seats": [{"id", "section", "row", "number",
+        "status"}, …]}`; form "compat": `{"eventId": …, "seats": [{"number", "id", "status"}, …]}`
+        with status AVAILABLE / LOCKED / BOOKED. Seats in map order."""
+
+    async def seat_statuses(self, event_id: str, seat_ids: Sequence[str]) -> dict[str, SeatStatus]:
+        """The status of just these seats (unknown ids are left out)."""
+
+    async def first_available(self, event_id: str) -> Seat | None:
+        """The first available seat in map order, or None."""
 
     async def edge_snapshot(self) -> EdgeSnapshot:
         """One consistent view for rebuilding edge admission."""
@@ -93,18 +130,33 @@ class BookingQueue(Protocol):
     """Carries accepted booking requests from intake to the consumers, durably."""
 
     name: str
+    # True when `enqueue` is the store's own insert (embedded): a failed enqueue wrote nothing. False
+    # (Kafka): a failed produce may still have been written, so the caller must settle the doubt.
+    durable_in_store: bool
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
     def depth(self) -> int: ...
-    async def enqueue(self, bookings: Sequence[Booking]) -> list[Booking | None]: ...
+
+    async def enqueue(self, bookings: Sequence[Booking]) -> list[Booking | None]:
+        """Make the bookings durable and deliverable before returning; per booking None, or the stored
+        booking that already has its id or Idempotency-Key. Unavailable when it could not (see
+        `durable_in_store` for what a failure may have left behind)."""
+
+    async def requeue(self, bookings: Sequence[Booking]) -> None:
+        """Make sure these accepted, undecided bookings are on their way to a consumer (a repeat found one
+        that may be in no queue): embedded, back in line unless already there or being decided; Kafka,
+        produced again (a duplicate is harmless: deciding is idempotent). Unavailable when it could not."""
+
     async def take_batch(self, max_items: int) -> list[Booking]: ...
     async def ack(self, bookings: Sequence[Booking]) -> None: ...
     async def retry(self, bookings: Sequence[Booking]) -> None: ...
 
     async def dead_letter(self, bookings: Sequence[Booking], reason: str) -> None:
-        """Set aside bookings that fail every attempt (poison), so they stop blocking the others."""
+        """Set aside bookings that failed every attempt (poison), after the store recorded them rejected:
+        they are no longer delivered (Kafka: copied to the dead-letter topic, then acked; embedded:
+        dropped from the line). If the set-aside cannot be written they stay queued, never dropped."""
         ...
 
 
@@ -155,6 +207,16 @@ class AdmitItem:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingRecord:
+    """A booking the edge accepted that the store may not have yet (Kafka mode): `queued` once the queue
+    acknowledged it (`mark_queued`), `admitted_at` the wall-clock time of its admission."""
+
+    booking: Booking
+    queued: bool
+    admitted_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class AdmitResult:
     """Admitted (both None), refused (`error`), or an Idempotency-Key repeat of `repeat_of`."""
 
@@ -181,20 +243,33 @@ class Admission(Protocol):
 
     async def admit(self, items: Sequence[AdmitItem]) -> list[AdmitResult]:
         """Admit in order, each item one atomic step, all in one round trip; reserves what it admits
-        and records its Idempotency-Key and pending record."""
+        and records its Idempotency-Key and pending record (not queued). Unavailable when the answer
+        was not heard: the script may have run (the caller then `abandon`s the batch)."""
+
+    async def mark_queued(self, bookings: Sequence[Booking]) -> None:
+        """The queue acknowledged these bookings: their pending records say so, and `abandon` leaves
+        them alone from now on. Unknown or settled ones are ignored."""
+
+    async def abandon(self, bookings: Sequence[Booking]) -> None:
+        """Undo the admission of bookings whose enqueue failed or whose admission is in doubt, unless
+        they were marked queued meanwhile. Idempotent: admissions that never happened change nothing."""
 
     async def withdraw(self, bookings: Sequence[Booking]) -> None:
-        """Undo the admission of bookings that were never accepted (or lost their key to another)."""
+        """Undo the admission of bookings, queued or not (they lost their Idempotency-Key to another
+        booking, or were rejected by a dead letter); forget their key unless it names another booking."""
 
     async def settle(self, decided: Sequence[Booking]) -> list[bool]:
-        """The store decided: seats held replace the reservation. True where this call settled the
-        booking (False: settled before, a redelivery)."""
+        """The store decided: seats held replace the reservation, the pending record goes. True where this
+        call settled the booking (False: settled before, a redelivery)."""
 
     async def release(self, bookings: Sequence[Booking]) -> None:
-        """Seats of held bookings came back (cancelled or expired)."""
+        """Seats of held bookings came back (cancelled or expired). Idempotent: frees only the seats the
+        edge still counts as taken by that booking, so a retried or repeated release changes nothing."""
 
-    async def pending(self, booking_id: str) -> Booking | None:
-        """A booking accepted but not yet in the store (queued in Kafka), else None."""
+    async def invalidate(self) -> None:
+        """Forget the edge state, so that the next call rebuilds it from the store (a follow-up that
+        cannot land any other way)."""
 
-    async def record_rejected(self, booking: Booking) -> None:
-        """A booking the store could not take (dead-lettered): answer reads with this final state."""
+    async def pending(self, booking_id: str) -> PendingRecord | None:
+        """A booking accepted but not yet settled, as the edge recorded it (Kafka mode), else None. The
+        embedded adapter has none: the embedded queue stores bookings before it answers."""

@@ -27,6 +27,8 @@ class SeatStatus(enum.StrEnum):
 
 # Which seat status a booking status gives its seats; bookings not listed own no seats.
 SEAT_STATUS_OF_BOOKING = {BookingStatus.HELD: SeatStatus.HELD, BookingStatus.CONFIRMED: SeatStatus.SOLD}
+# Why a booking was rejected. `processing_failed`: it could not be processed after retries (dead-lettered).
+REJECTION_REASONS = frozenset({"seat_unavailable", "sold_out", "limit_exceeded", "processing_failed"})
 FINAL_STATUSES = frozenset(
     {BookingStatus.CONFIRMED, BookingStatus.REJECTED, BookingStatus.EXPIRED, BookingStatus.CANCELLED}
 )
@@ -119,6 +121,8 @@ class Booking:
     updated_at: float = 0.0
     idempotency_key: str | None = None
     fingerprint: str | None = None
+    # sha256 (hex) of the booking's secret: whoever presents the secret owns the booking (API 1.1)
+    secret_hash: str | None = None
 
     @property
     def is_named(self) -> bool:

@@ -51,6 +51,7 @@ class Settings:
     sweep_interval: float = 1.0  # seconds between hold-expiry sweeps
     shutdown_grace: float = 10.0  # seconds to drain queued work on SIGINT/SIGTERM
     max_wait: float = 30.0  # upper bound of `?wait=` long-polls
+    cors_origins: str = ""  # comma-separated origins allowed cross-origin requests; empty = no CORS headers
     log_level: str = "info"
 
     @property
@@ -61,6 +62,12 @@ class Settings:
     def distributed(self) -> bool:
         """PostgreSQL, Redis and Kafka all configured: what several processes need to share state."""
         return bool(self.database_url and self.redis_url and self.kafka_bootstrap)
+
+    @property
+    def cors_origin_set(self) -> frozenset[str]:
+        from .policy import parse_origins
+
+        return parse_origins(self.cors_origins)
 
     @property
     def db_path(self) -> Path:
@@ -119,6 +126,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in _SECRETS and value:
                 value = _mask(str(value))
+            elif value == "":
+                value = '""'  # unset
             lines.append(f"  {f.name} = {value}")
         return "\n".join(lines)
 

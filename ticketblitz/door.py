@@ -41,8 +41,8 @@ REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 class _Head:
     """httptools callbacks: the request target and the few headers the door needs."""
 
-    __slots__ = ("connection", "content_length", "expect", "headers_done", "idempotency_key", "transfer_encoding",
-                 "url")
+    __slots__ = ("connection", "content_length", "expect", "headers", "headers_done", "idempotency_key",
+                 "transfer_encoding", "url")
 
     def __init__(self) -> None:
         self.url = b""
@@ -52,12 +52,14 @@ class _Head:
         self.connection = b""
         self.expect = False
         self.headers_done = False
+        self.headers: dict[str, str] = {}
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lowered = name.lower()
+        self.headers[lowered.decode("latin-1")] = value.decode("latin-1")
         if lowered == b"content-length":
             self.content_length = int(value) if value.strip().isdigit() else -1
         elif lowered == b"idempotency-key":
@@ -218,7 +220,7 @@ class IntakeDoor:
             # ---- the answer (pipelined requests wait in `buf` and are answered in order)
             clock = time.perf_counter()
             handler, params = route
-            answer = await intake.answer(handler, self.service, *params, head.idempotency_key, body)
+            answer = await intake.answer(handler, self.service, intake.Call(head.headers, body), *params)
             self.service.telemetry.record_request(answer.status, time.perf_counter() - clock)
             if self.closing.is_set():
                 keep_alive = False

@@ -1,16 +1,19 @@
-"""The booking intake routes as plain functions of (service, path parameter, Idempotency-Key header,
-raw body) → Answer. Both HTTP doors call these, so the lean Trio door and the Quart app give exactly
-the same answers: same validation, same service call, same JSON, same problem+json."""
+"""The booking intake routes as plain functions of (service, call, path parameters) → Answer, where
+the call is the request's headers and raw body. Both HTTP doors call these through `answer`, so the
+lean Trio door and the Quart app give exactly the same answers: same media-type check (415), same
+validation, same service call, same JSON, same problem+json, same CORS headers."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .domain.errors import BookingError, InvalidRequest
 from .domain.model import BookingRequest
 from .domain.rules import request_fingerprint, seat_at_position
+from .policy import check_json_body, cors_headers
 from .representation import booking_json, problem, problem_of
 from .schemas import BookingIn, CompatBookingIn, parse_body, parse_idempotency_key
 from .service import BookingService
@@ -19,6 +22,18 @@ log = logging.getLogger("ticketblitz.intake")
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What an intake route reads of an HTTP request: its headers (lower-case names) and raw body."""
+
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self.headers.get("idempotency-key")
 
 
 @dataclass(slots=True)
@@ -40,10 +55,10 @@ def unexpected_answer() -> Answer:
                   {}, PROBLEM)
 
 
-async def create_booking(service: BookingService, event_id: str, key_header: str | None, raw: bytes) -> Answer:
+async def create_booking(service: BookingService, call: Call, event_id: str) -> Answer:
     """POST /api/events/{event_id}/bookings."""
-    key = parse_idempotency_key(key_header)
-    body = parse_body(BookingIn, raw)
+    key = parse_idempotency_key(call.idempotency_key)
+    body = parse_body(BookingIn, call.body)
     booking, created = await service.request_booking(BookingRequest(
         event_id=event_id, user_id=body.user_id, quantity=body.quantity or len(body.seat_ids or ()),
         seat_ids=tuple(body.seat_ids or ()), idempotency_key=key, fingerprint=body.fingerprint(),
@@ -51,10 +66,9 @@ async def create_booking(service: BookingService, event_id: str, key_header: str
     return Answer(202 if created else 200, booking_json(booking), {"Location": f"/api/bookings/{booking.id}"})
 
 
-async def _compat_request(service: BookingService, key_header: str | None, raw: bytes,
-                          admission: str) -> BookingRequest:
-    key = parse_idempotency_key(key_header)
-    body = parse_body(CompatBookingIn, raw)
+async def _compat_request(service: BookingService, call: Call, admission: str) -> BookingRequest:
+    key = parse_idempotency_key(call.idempotency_key)
+    body = parse_body(CompatBookingIn, call.body)
     event = await service.compat_event(body.eventId)
     seat = seat_at_position(event, body.seatNumber)
     if seat is None:
@@ -65,23 +79,23 @@ async def _compat_request(service: BookingService, key_header: str | None, raw: 
     )
 
 
-async def book_async(service: BookingService, key_header: str | None, raw: bytes) -> Answer:
+async def book_async(service: BookingService, call: Call) -> Answer:
     """POST /api/book-async and /book: the original's queued path, no edge refusals."""
-    booking, created = await service.request_booking(await _compat_request(service, key_header, raw, "queue"))
+    booking, created = await service.request_booking(await _compat_request(service, call, "queue"))
     body = {"status": "Pending", "message": "Request queued" if created else "Request already queued",
             "booking": booking_json(booking)}
     return Answer(202 if created else 200, body, {"Location": f"/api/bookings/{booking.id}"})
 
 
-async def book_secure(service: BookingService, key_header: str | None, raw: bytes) -> Answer:
+async def book_secure(service: BookingService, call: Call) -> Answer:
     """POST /api/book-secure: seat lock, then store write."""
-    booking = await service.book_now(await _compat_request(service, key_header, raw, "edge"), lock=True)
+    booking = await service.book_now(await _compat_request(service, call, "edge"), lock=True)
     return Answer(200, {"success": True, "bookingId": booking.id, "booking": booking_json(booking)})
 
 
-async def book_naive(service: BookingService, key_header: str | None, raw: bytes) -> Answer:
+async def book_naive(service: BookingService, call: Call) -> Answer:
     """POST /api/book-naive: read, then conditional write."""
-    booking = await service.book_now(await _compat_request(service, key_header, raw, "queue"), lock=False)
+    booking = await service.book_now(await _compat_request(service, call, "queue"), lock=False)
     return Answer(200, {"success": True, "bookingId": booking.id, "booking": booking_json(booking)})
 
 
@@ -93,13 +107,18 @@ COMPAT_ROUTES = {
 }
 
 
-async def answer(route: Any, *args: Any) -> Answer:
-    """Run one intake route, mapping domain errors (and surprises) to problem+json."""
+async def answer(route: Any, service: BookingService, call: Call, *params: str) -> Answer:
+    """Run one intake route: the body must be JSON (415), domain errors (and surprises) become
+    problem+json, and an origin the operator allowed gets its CORS headers."""
     try:
-        result: Answer = await route(*args)
-        return result
+        check_json_body(call.headers.get("content-type"))
+        result: Answer = await route(service, call, *params)
     except BookingError as exc:
-        return error_answer(exc)
+        result = error_answer(exc)
     except Exception:
         log.exception("unexpected error in intake route %s", getattr(route, "__name__", route))
-        return unexpected_answer()
+        result = unexpected_answer()
+    cors = cors_headers(service.settings.cors_origin_set, call.headers.get("origin"))
+    if cors:
+        result.headers.update(cors)
+    return result

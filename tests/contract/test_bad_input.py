@@ -12,6 +12,8 @@ BIG = "x" * 70_000
 # (method, path template, headers, raw body, expected status, expected field or None)
 CASES: list[tuple[str, str, dict[str, str], bytes | None, int, str | None]] = [
     ("POST", "/api/events/{e}/bookings", {}, b"", 400, None),
+    ("POST", "/api/events/{e}/bookings", {"Content-Type": "application/json; charset=utf-8"}, b"{", 400, None),
+    ("POST", "/api/events/{e}/bookings", {"Content-Type": "Application/JSON"}, b"[]", 422, "body"),
     ("POST", "/api/events/{e}/bookings", {}, b"{", 400, None),
     ("POST", "/api/events/{e}/bookings", {}, b"\xff\xfe\x00garbage", 400, None),
     ("POST", "/api/events/{e}/bookings", {}, b'{"user_id": "u", "quantity": 1,}', 400, None),
@@ -100,7 +102,22 @@ CASES: list[tuple[str, str, dict[str, str], bytes | None, int, str | None]] = [
     ("POST", "/api/events", {"Authorization": "Basic abc"}, b"{}", 403, None),
     ("POST", "/api/events", {}, b"{}", 401, None),
     ("POST", "/api/bookings/bkg_missing/confirm", {}, None, 404, None),
+    # a body not sent as application/json: a web page's plain form post must not book (API 1.1)
+    ("POST", "/api/events/{e}/bookings", {"Content-Type": "application/x-www-form-urlencoded"},
+     b'{"user_id": "u", "quantity": 1}', 415, None),
+    ("POST", "/api/events/{e}/bookings", {"Content-Type": "text/plain"}, b'{"user_id": "u", "quantity": 1}', 415,
+     None),
+    ("POST", "/api/events/{e}/bookings", {"Content-Type": "multipart/form-data; boundary=x"}, b"--x--", 415, None),
+    ("POST", "/api/events/{e}/bookings", {"Content-Type": "application/jsonp"}, b'{"user_id": "u", "quantity": 1}',
+     415, None),
+    ("POST", "/api/events/{e}/bookings", {"Content-Type": "application/json; charset=latin-1"},
+     b'{"user_id": "u", "quantity": 1}', 415, None),
+    ("POST", "/api/events/{e}/bookings", {"Content-Type": ""}, b'{"user_id": "u", "quantity": 1}', 415, None),
+    ("POST", "/api/book-async", {"Content-Type": "text/plain"}, b'{"userId": "u", "seatNumber": 1}', 415, None),
+    ("POST", "/api/book-secure", {"Content-Type": "text/plain"}, b'{"userId": "u", "seatNumber": 1}', 415, None),
+    ("POST", "/api/events", {**ADMIN, "Content-Type": "text/plain"}, b'{"name": "x", "sections": []}', 415, None),
 ]
+NO_CONTENT_TYPE = ("POST", "/api/events/{e}/bookings", None, b'{"user_id": "u", "quantity": 1}', 415, None)
 
 
 async def _state(h: Harness, event_id: str) -> Any:
@@ -115,9 +132,15 @@ async def test_bad_input_is_a_named_4xx_and_changes_nothing(harness: Harness) ->
     await harness.settle(r.json()["id"])
     before = await _state(harness, event["id"])
     failures = []
-    for method, template, headers, body, status, field in CASES:
+    for method, template, given, body, status, field in [*CASES, NO_CONTENT_TYPE]:
         path = template.replace("{e}", event["id"])
         raw = body.replace(b"{e}", event["id"].encode()) if body is not None else None
+        if given is None:  # no Content-Type header at all
+            headers: dict[str, str] = {}
+        elif any(name.lower() == "content-type" for name in given) or raw is None:
+            headers = given
+        else:
+            headers = {"Content-Type": "application/json", **given}
         r = await harness.client.request(method, path, headers=headers, content=raw)
         problem_ok = r.headers.get("content-type", "").startswith("application/problem+json")
         got = r.json() if problem_ok else {}

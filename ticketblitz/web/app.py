@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 from .. import intake
 from ..domain.errors import BookingError, SoldOut
 from ..domain.model import SeatStatus
+from ..policy import check_json_body
 from ..representation import (
     booking_json,
     compat_seat_json,
@@ -155,11 +156,13 @@ def create_app(service: BookingService) -> QuartTrio:
         return raw
 
     async def body_of(model: Any) -> Any:
+        check_json_body(request.headers.get("Content-Type"))
         return parse_body(model, await raw_body())
 
     async def intake_response(route: Any, *path_args: str) -> Response:
         """The intake routes answer through `ticketblitz.intake`, like the Trio-native door."""
-        result = await route(service, *path_args, request.headers.get("Idempotency-Key"), await raw_body())
+        call = intake.Call({k.lower(): v for k, v in request.headers.items()}, await raw_body())
+        result = await intake.answer(route, service, call, *path_args)
         return json_response(result.body, result.status, result.headers, result.content_type)
 
     # ------------------------------------------------------------------ events

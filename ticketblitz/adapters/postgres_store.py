@@ -44,7 +44,14 @@ from ..domain import rules
 from ..domain.errors import NotFound, Unavailable
 from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus
 from ..ports import EdgeSnapshot, Fences
-from .rows import BOOKING_COLUMNS, EVENT_COLUMNS, booking_from_row, event_from_row
+from .rows import (
+    BOOKING_COLUMN_COUNT,
+    BOOKING_COLUMNS,
+    EVENT_COLUMNS,
+    booking_from_row,
+    event_from_row,
+    rejected_booking,
+)
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
@@ -117,6 +124,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE seats ADD COLUMN fence bigint NOT NULL DEFAULT 0;
     """,
+    # 3: the hash of each booking's secret; the outbox of edge releases (cancelled or expired bookings
+    # whose seats the edge has not yet been told about); the deployment's keys
+    """
+    ALTER TABLE bookings ADD COLUMN secret_hash text;
+    ALTER TABLE bookings ADD COLUMN edge_due boolean NOT NULL DEFAULT false;
+    ALTER TABLE bookings ADD CONSTRAINT bookings_edge_due_released
+        CHECK (NOT edge_due OR status IN ('cancelled', 'expired'));
+    CREATE INDEX bookings_edge_due ON bookings (updated_at, id) WHERE edge_due;
+    CREATE TABLE server_keys (name text PRIMARY KEY, value bytea NOT NULL);
+    """,
 ]
 
 
@@ -133,6 +150,32 @@ _MAX_ROUNDS = 32  # plan-and-lock rounds per batch; each one learns something (a
 _CONTESTED_WAIT_MS = 250
 
 _SEAT_REF_COLUMNS = "id, section, row, number, position"
+_SEAT_COLUMNS = "id, section, row, number, position, status"
+_SERVER_KEY = "booking_secret"
+
+# The seat map documents of `seat_map_json`, built by PostgreSQL as the exact bytes orjson would write
+# (json_build_object and jsonb print spaces, jsonb also reorders keys, so the text is concatenated).
+# Seat ids and section names are [A-Za-z0-9-] (validated at creation); to_json escapes anyway.
+_SEAT_MAP_SQL = {
+    "api": """
+        SELECT convert_to('{"event_id":' || to_json(e.id)::text || ',"seats":[' || (
+            SELECT string_agg('{"id":' || to_json(s.id)::text || ',"section":' || to_json(s.section)::text
+                              || ',"row":' || s.row || ',"number":' || s.number
+                              || ',"status":"' || s.status || '"}', ',' ORDER BY s.position)
+            FROM seats s WHERE s.event_id = e.id
+        ) || ']}', 'UTF8')
+        FROM events e WHERE e.id = %s
+    """,
+    "compat": """
+        SELECT convert_to('{"eventId":' || to_json(e.id)::text || ',"seats":[' || (
+            SELECT string_agg('{"number":' || s.position || ',"id":' || to_json(s.id)::text || ',"status":"'
+                              || CASE s.status WHEN 'available' THEN 'AVAILABLE' WHEN 'held' THEN 'LOCKED'
+                                 ELSE 'BOOKED' END || '"}', ',' ORDER BY s.position)
+            FROM seats s WHERE s.event_id = e.id
+        ) || ']}', 'UTF8')
+        FROM events e WHERE e.id = %s
+    """,
+}
 
 # Best available, alf.io style: rows that another transaction has locked are being claimed; skip them.
 _WINDOW_SQL = f"""
@@ -165,7 +208,17 @@ _CLAIM_SQL = """
 
 def _booking_row(b: Booking) -> tuple[Any, ...]:
     return (b.id, b.event_id, b.user_id, b.quantity, list(b.requested_seats), list(b.seat_ids), b.status.value,
-            b.reason, b.expires_at, b.created_at, b.updated_at, b.idempotency_key, b.fingerprint)
+            b.reason, b.expires_at, b.created_at, b.updated_at, b.idempotency_key, b.fingerprint, b.secret_hash)
+
+
+_INSERT_BOOKING = (
+    f"INSERT INTO bookings ({BOOKING_COLUMNS}) VALUES (%s,%s,%s,%s,%s::text[],%s::text[]"
+    + ",%s" * (BOOKING_COLUMN_COUNT - 6) + ") ON CONFLICT DO NOTHING RETURNING id"
+)
+
+
+def _seat(row: Sequence[Any]) -> Seat:
+    return Seat(row[0], row[1], row[2], row[3], row[4], SeatStatus(row[5]))
 
 
 def _one(cur: psycopg.Cursor[Any]) -> tuple[Any, ...]:
@@ -224,12 +277,7 @@ def _insert_bookings(conn: Conn, bookings: Sequence[Booking]) -> list[bool]:
     """Insert the bookings not stored yet; per booking, whether it was inserted. An id or a key that is
     already stored (or inserted earlier in the same call) skips the row instead of failing the batch."""
     cur = conn.cursor()
-    cur.executemany(
-        f"INSERT INTO bookings ({BOOKING_COLUMNS}) VALUES (%s,%s,%s,%s,%s::text[],%s::text[],%s,%s,%s,%s,%s,%s,%s) "
-        "ON CONFLICT DO NOTHING RETURNING id",
-        [_booking_row(b) for b in bookings],
-        returning=True,
-    )
+    cur.executemany(_INSERT_BOOKING, [_booking_row(b) for b in bookings], returning=True)
     inserted = []
     while True:  # one result per row, in order
         inserted.append(cur.fetchone() is not None)
@@ -259,6 +307,45 @@ def _stored_twin(conn: Conn, booking: Booking) -> Booking:
     if found is None:  # ON CONFLICT skipped it, so one of the two exists: a broken assumption, retry
         raise Unavailable(f"booking {booking.id} was neither inserted nor found", component="store")
     return found
+
+
+def _reject(conn: Conn, *, bookings: Sequence[Booking], reason: str, now: float, insert: bool,
+            keep_key: bool) -> list[tuple[Booking, bool]]:
+    """`Store.reject` in one transaction. Under the same owner locks as `decide`, so that a booking being
+    decided and rejected at once gets exactly one of the two; none of the seat logic."""
+    _serialize_owners(conn, bookings)
+    firsts = {b.id: b for b in reversed(bookings)}  # the first copy of each id (dicts keep the last write)
+    stored = _bookings_by_id(conn, list(firsts))
+    missing = [b for i, b in firsts.items() if i not in stored]
+    if missing and not insert:
+        raise NotFound(f"booking {missing[0].id} is not in the store")
+    rejected = {i for i, b in stored.items() if b.status is BookingStatus.PENDING}
+    if rejected:
+        n = conn.execute(
+            "UPDATE bookings SET status = 'rejected', reason = %s, seat_ids = '{}', updated_at = %s "
+            "WHERE id = ANY(%s::text[]) AND status = 'pending'",
+            (reason, now, list(rejected)),
+        ).rowcount
+        if n != len(rejected):  # the owner locks make this impossible; never write half a batch
+            raise Unavailable("a booking to reject was decided elsewhere", component="store")
+        stored.update((i, rejected_booking(stored[i], reason, now)) for i in rejected)
+    twins: dict[str, Booking] = {}
+    if missing:
+        fresh = [rejected_booking(b, reason, now, keep_key=keep_key) for b in missing]
+        for b, inserted in zip(fresh, _insert_bookings(conn, fresh), strict=True):
+            if inserted:
+                stored[b.id] = b
+                rejected.add(b.id)
+            else:  # its Idempotency-Key belongs to another booking: that one answers, as in `decide`
+                twins[b.id] = _stored_twin(conn, b)
+    answers = []
+    for b in bookings:
+        if b.id in twins:
+            answers.append((twins[b.id], False))
+        else:
+            answers.append((stored[b.id], b.id in rejected))
+            rejected.discard(b.id)  # a second copy in the same call changes nothing
+    return answers
 
 
 def _load_booking(conn: Conn, booking_id: str) -> Booking:
@@ -629,12 +716,45 @@ class PostgresStore:
             return []
         rows = await self._call(
             lambda conn: conn.execute(
-                "SELECT id, section, row, number, position, status FROM seats WHERE event_id = %s ORDER BY position",
-                (event_id,),
+                f"SELECT {_SEAT_COLUMNS} FROM seats WHERE event_id = %s ORDER BY position", (event_id,)
             ).fetchall(),
             transaction=False,
         )
-        return [Seat(r[0], r[1], r[2], r[3], r[4], SeatStatus(r[5])) for r in rows]
+        return [_seat(r) for r in rows]
+
+    async def seat_map_json(self, event_id: str, form: str) -> bytes | None:
+        statement = _SEAT_MAP_SQL[form]  # KeyError: a caller's bug, not a request's
+        if not _storable(event_id):
+            return None
+        row = await self._call(
+            lambda conn: conn.execute(statement, (event_id,), binary=True).fetchone(), transaction=False
+        )
+        return bytes(row[0]) if row else None
+
+    async def seat_statuses(self, event_id: str, seat_ids: Sequence[str]) -> dict[str, SeatStatus]:
+        wanted = [s for s in dict.fromkeys(seat_ids) if _storable(s)]
+        if not wanted or not _storable(event_id):
+            return {}
+        rows = await self._call(
+            lambda conn: conn.execute(  # unique index (event_id, id)
+                "SELECT id, status FROM seats WHERE event_id = %s AND id = ANY(%s::text[])", (event_id, wanted)
+            ).fetchall(),
+            transaction=False,
+        )
+        return {r[0]: SeatStatus(r[1]) for r in rows}
+
+    async def first_available(self, event_id: str) -> Seat | None:
+        if not _storable(event_id):
+            return None
+        row = await self._call(
+            lambda conn: conn.execute(  # partial index seats_available (event_id, position)
+                f"SELECT {_SEAT_COLUMNS} FROM seats WHERE event_id = %s AND status = 'available' "
+                "ORDER BY position LIMIT 1",
+                (event_id,),
+            ).fetchone(),
+            transaction=False,
+        )
+        return _seat(row) if row else None
 
     async def seat_counts(self, event_id: str) -> Counts:
         """Counts recomputed from the seat rows (the invariant checks compare them with the event's)."""
@@ -790,8 +910,10 @@ class PostgresStore:
             (ids,),
         ))
         _add_to_counters(conn, {e: (n, -n, 0) for e, n in freed.items()})
+        # ... and the edge must hear of it: due until `edge_done`, whatever happens after this commit
         conn.execute(
-            "UPDATE bookings SET status = %s, updated_at = %s WHERE id = ANY(%s::text[]) AND status = 'held'",
+            "UPDATE bookings SET status = %s, updated_at = %s, edge_due = true "
+            "WHERE id = ANY(%s::text[]) AND status = 'held'",
             (status.value, now, ids),
         )
         return [replace(b, status=status, updated_at=now) for b in bookings]
@@ -816,6 +938,44 @@ class PostgresStore:
                 (now, limit),
             ).fetchall()
             return self._release(conn, [_booking(r) for r in rows], BookingStatus.EXPIRED, now) if rows else []
+
+        return await self._call(tx)
+
+    async def edge_due(self, older_than: float, limit: int) -> list[Booking]:
+        rows = await self._call(
+            lambda conn: conn.execute(  # partial index bookings_edge_due
+                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE edge_due AND updated_at <= %s "
+                "ORDER BY updated_at, id LIMIT %s",
+                (older_than, limit),
+            ).fetchall(),
+            transaction=False,
+        )
+        return [_booking(r) for r in rows]
+
+    async def edge_done(self, booking_ids: Sequence[str]) -> None:
+        ids = sorted({i for i in booking_ids if _storable(i)})
+        if ids:
+            # rows locked in id order: two processes draining overlapping parts of the outbox never deadlock
+            await self._call(lambda conn: conn.execute(
+                "UPDATE bookings SET edge_due = false WHERE id IN ("
+                "SELECT id FROM bookings WHERE edge_due AND id = ANY(%s::text[]) ORDER BY id FOR UPDATE)",
+                (ids,),
+            ))
+
+    async def reject(self, bookings: Sequence[Booking], reason: str, now: float, *, insert: bool = False,
+                     keep_key: bool = True) -> list[tuple[Booking, bool]]:
+        if not bookings:
+            return []
+        return await self._call(partial(_reject, bookings=bookings, reason=reason, now=now, insert=insert,
+                                        keep_key=keep_key))
+
+    async def server_key(self, candidate: bytes) -> bytes:
+        def tx(conn: Conn) -> bytes:
+            # A concurrent insert makes ours wait for its commit and then do nothing; the SELECT, a statement
+            # of its own (READ COMMITTED), then sees the winner's key.
+            conn.execute("INSERT INTO server_keys (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                         (_SERVER_KEY, candidate))
+            return bytes(_one(conn.execute("SELECT value FROM server_keys WHERE name = %s", (_SERVER_KEY,)))[0])
 
         return await self._call(tx)
 

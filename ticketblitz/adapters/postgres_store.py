@@ -2,9 +2,29 @@
 
 psycopg's AsyncConnection does not run under Trio, so each call borrows a connection from a sync
 `ConnectionPool` in a worker thread, at most `pool_size` threads at a time. Each call has a deadline,
-enforced three ways: `trio.fail_after` around the thread (the caller never waits longer), a timeout on
-the wait for a pooled connection, and `statement_timeout`/`lock_timeout` inside PostgreSQL, so that a
-transaction that overruns is rolled back by the server, never left half-done.
+counted from the call, enforced three ways: `trio.fail_after` around the thread (which is abandoned
+then), a timeout on the wait for a pooled connection, and `statement_timeout`/`lock_timeout` inside
+PostgreSQL, so that a transaction that overruns is rolled back by the server, never left half-done.
+
+What a caller hears is what happened (`_call`, `_Attempt`):
+
+- Until COMMIT is sent, the caller's giving up wins. Before sending it, the thread checks, under a
+  lock it shares with the caller, that the caller still waits and the deadline has not passed, else it
+  rolls back; a caller that gives up (its deadline, or a cancellation from outside) marks the attempt
+  abandoned under the same lock. So COMMIT is never sent for a caller that heard `Unavailable`.
+- Once COMMIT is sent, its outcome wins. A caller whose deadline passes meanwhile, or whose thread
+  lost its connection in the middle of COMMIT, waits `_COMMIT_GRACE` more for the answer, then asks
+  PostgreSQL on a fresh connection how the transaction ended (`pg_xact_status` of the id read at its
+  start), terminating its backend first if the transaction is still open (the COMMIT has not arrived),
+  so that the answer is final: the result if it committed, `Unavailable` if it did not. Such a caller
+  waits at most about timeout + twice `_COMMIT_GRACE` + `_STATUS_TIMEOUT` + 3 s.
+- Residual: when PostgreSQL cannot answer that question either (it is down or unreachable), the caller
+  hears `Unavailable` although the COMMIT may have landed. Every write here is safe to repeat: decide
+  and reject return a booking already decided as stored, confirm is idempotent, insert_pending returns
+  the stored booking; a repeated cancel answers InvalidTransition, and its edge release is in the outbox
+  (`edge_due`), written by the same transaction. A caller cancelled from outside after COMMIT was sent
+  hears nothing at all (its follow-ups are the outbox's to redo). Single statements outside a
+  transaction (`transaction=False`) are reads, and ANALYZE.
 
 Several processes run `decide` at once. What keeps them exact:
 
@@ -28,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -148,9 +169,17 @@ _MAX_READS = 4  # window reads per event per batch: the first, one widening, ref
 _MAX_ROUNDS = 32  # plan-and-lock rounds per batch; each one learns something (a read, a lost seat)
 # Shorter than PostgreSQL's deadlock_timeout (1 s): we give up before a wait could be called a deadlock.
 _CONTESTED_WAIT_MS = 250
+_COMMIT_GRACE = 1.0  # past its deadline, how long a caller waits for its transaction's last round trip
+_STATUS_TIMEOUT = 2.0  # for asking how a COMMIT in doubt ended
 
 _SEAT_REF_COLUMNS = "id, section, row, number, position"
 _SEAT_COLUMNS = "id, section, row, number, position, status"
+# The cheap reads, each on its index (partial indexes seats_available and bookings_edge_due).
+_FIRST_AVAILABLE_SQL = (f"SELECT {_SEAT_COLUMNS} FROM seats WHERE event_id = %s AND status = 'available' "
+                        "ORDER BY position LIMIT 1")
+_EDGE_DUE_SQL = (f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE edge_due AND updated_at <= %s "
+                 "ORDER BY updated_at, id LIMIT %s")
+_SEAT_STATUSES_SQL = "SELECT id, status FROM seats WHERE event_id = %s AND id = ANY(%s::text[])"
 _SERVER_KEY = "booking_secret"
 
 # The seat map documents of `seat_map_json`, built by PostgreSQL as the exact bytes orjson would write
@@ -237,6 +266,56 @@ def _ms_left(deadline: float) -> int:
     return max(1, int((deadline - time.monotonic()) * 1000))
 
 
+class _Attempt:
+    """One transaction as its caller and its worker thread share it. Under `lock`, whichever comes first
+    decides: the thread about to send COMMIT (`committing`), or the caller giving up before that
+    (`abandoned`: COMMIT will never be sent, the thread rolls back)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.committing = False
+        self.xid: str | None = None  # pg_current_xact_id() of the transaction, known once committing
+        self.pid: int | None = None  # its backend
+        self.result: Any = None  # what the caller gets if the COMMIT went through
+        self.error: BaseException | None = None  # how the thread ended, once `ended` is set
+        self.ended = threading.Event()
+
+    def give_up(self) -> bool:
+        """The caller stops waiting: True when COMMIT will never be sent, False when it may be on its way."""
+        with self.lock:
+            if not self.committing:
+                self.abandoned = True
+            return self.abandoned
+
+    def in_doubt(self, error: BaseException | None) -> bool:
+        """Whether the COMMIT may have gone through although the caller has no answer: it was sent, and
+        the thread has not ended or lost its connection (an error PostgreSQL itself sent is final)."""
+        if not self.committing or self.xid is None:
+            return False  # not sent, or a read-only snapshot: nothing to find out
+        if not self.ended.is_set():
+            return True
+        return isinstance(error, psycopg.OperationalError) and error.sqlstate is None
+
+
+def _commit_status(url: str, xid: str, pid: int) -> str | None:
+    """How transaction `xid` ended ('committed' or 'aborted'), asked on a connection of its own. While it is
+    still open (its COMMIT not arrived, or not done), its backend is terminated first: then the answer is
+    final. None when PostgreSQL gave no answer."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=2,
+                         options=f"-c statement_timeout={int(_STATUS_TIMEOUT * 1000)}") as conn:
+        for _ in range(20):
+            status = _one(conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)))[0]
+            if status != "in progress":
+                return str(status) if status else None
+            # only the backend still running this very transaction (a pooled connection moves on)
+            conn.execute("SELECT pg_terminate_backend(pid, 500) FROM pg_stat_activity "
+                         "WHERE pid = %s AND backend_xid::text = %s", (pid, str(int(xid) % 2**32)))
+            time.sleep(0.05)
+    return None
+
+
 def _lock_key(*parts: str) -> int:
     """A stable 64-bit advisory lock key; a collision only serializes two unrelated batches."""
     digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
@@ -319,6 +398,12 @@ def _reject(conn: Conn, *, bookings: Sequence[Booking], reason: str, now: float,
     missing = [b for i, b in firsts.items() if i not in stored]
     if missing and not insert:
         raise NotFound(f"booking {missing[0].id} is not in the store")
+    if missing:
+        events = {r[0] for r in conn.execute(
+            "SELECT id FROM events WHERE id = ANY(%s::text[])", (list({b.event_id for b in missing}),))}
+        unknown = [b for b in missing if b.event_id not in events]
+        if unknown:  # nowhere to record it (bookings reference their event)
+            raise NotFound(f"event {unknown[0].event_id} of booking {unknown[0].id} does not exist")
     rejected = {i for i, b in stored.items() if b.status is BookingStatus.PENDING}
     if rejected:
         n = conn.execute(
@@ -630,41 +715,94 @@ class PostgresStore:
 
     async def _call(self, fn: Callable[[Conn], T], *, transaction: bool = True, snapshot: bool = False) -> T:
         """Run `fn` on a pooled connection in a worker thread, by default in one transaction, under the
-        deadline; backend failures become `Unavailable`, domain errors pass through (after rollback)."""
+        deadline; backend failures become `Unavailable`, domain errors pass through (after rollback).
+        What the caller hears is what happened: see the module docstring."""
         pool = self._pool
         if pool is None:
             raise Unavailable("the store is not open", component="store")
         timeout = self.timeout
+        attempt = _Attempt(time.monotonic() + timeout)  # from the call: waiting for a thread counts
 
-        def run() -> T:
-            deadline = time.monotonic() + timeout
-            with pool.connection(timeout=timeout) as conn:
+        def work() -> T:
+            with pool.connection(timeout=max(0.001, attempt.deadline - time.monotonic())) as conn:
+                if attempt.abandoned:
+                    raise Unavailable("the store did not answer in time", component="store")
                 if not transaction:
-                    return fn(conn)  # one statement, bounded by the session's statement_timeout
+                    return fn(conn)  # one statement (reads, ANALYZE), bounded by the session's statement_timeout
                 with conn.transaction():
                     if snapshot:
                         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    budget = str(_ms_left(deadline))
-                    conn.execute(
-                        "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                    budget = str(_ms_left(attempt.deadline))
+                    row = _one(conn.execute(
+                        "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)"
+                        + ("" if snapshot else ", pg_current_xact_id()::text"),  # to settle a COMMIT in doubt
                         (budget, budget),
-                    )
+                    ))
                     result = fn(conn)
-                    if time.monotonic() > deadline:
-                        # The caller is about to give up: commit nothing that it will not hear about.
-                        raise Unavailable("the store transaction overran its deadline", component="store")
+                    with attempt.lock:
+                        if attempt.abandoned or time.monotonic() > attempt.deadline:
+                            # The caller gave up or is about to: commit nothing that it will not hear about.
+                            raise Unavailable("the store transaction overran its deadline", component="store")
+                        attempt.committing, attempt.result = True, result
+                        attempt.xid, attempt.pid = (None if snapshot else row[2]), conn.info.backend_pid
+                # COMMIT was sent as the block ended, and it succeeded
                 return result
 
+        def run() -> T:
+            try:
+                return work()
+            except BaseException as exc:
+                attempt.error = exc
+                raise
+            finally:
+                attempt.ended.set()
+
         try:
-            with trio.fail_after(timeout + 1.0):
+            with trio.fail_after(timeout + _COMMIT_GRACE):
                 # Abandoning the thread on cancel keeps the caller's deadline even if the network stalls.
-                # The thread still ends by itself (server-side timeouts), rolls back because its
-                # deadline has passed, and keeps its limiter token until then.
+                # The thread still ends by itself (server-side timeouts) and keeps its limiter token
+                # until then; `attempt` makes sure that it commits only what its caller hears about.
                 return await trio.to_thread.run_sync(run, limiter=self._limiter, abandon_on_cancel=True)
         except trio.TooSlowError:
-            raise Unavailable("the store did not answer in time", component="store") from None
+            if attempt.give_up():
+                raise Unavailable("the store did not answer in time", component="store") from None
+            return await self._settle(attempt)  # COMMIT is on its way
         except psycopg.OperationalError as exc:  # timeouts, lock timeouts, lost connections, pool timeouts
+            if attempt.in_doubt(exc):
+                return await self._settle(attempt)  # the connection was lost during COMMIT
             raise Unavailable(f"the store failed: {exc}", component="store") from exc
+        except BaseException:
+            attempt.give_up()  # the caller itself was cancelled: what it will not hear about must not commit
+            raise
+
+    async def _settle(self, attempt: _Attempt) -> Any:
+        """COMMIT was sent, and no answer came in time: learn how it ended instead of guessing. Wait a
+        little more for the answer, else ask PostgreSQL on a fresh connection (ending the transaction
+        first if it is still open). Unavailable only when the transaction did not commit or PostgreSQL
+        cannot tell."""
+        if not attempt.ended.is_set():
+            await trio.to_thread.run_sync(attempt.ended.wait, _COMMIT_GRACE, abandon_on_cancel=True)
+        if not attempt.in_doubt(attempt.error):  # the answer came after all
+            if attempt.error is None:
+                return attempt.result
+            if isinstance(attempt.error, psycopg.OperationalError):
+                raise Unavailable(f"the store failed: {attempt.error}", component="store") from attempt.error
+            raise attempt.error
+        assert attempt.xid is not None and attempt.pid is not None
+        status: str | None = None
+        with trio.move_on_after(_STATUS_TIMEOUT + 3.0):  # connect, terminate, a few looks
+            try:
+                status = await trio.to_thread.run_sync(
+                    partial(_commit_status, self.url, attempt.xid, attempt.pid), abandon_on_cancel=True
+                )
+            except psycopg.Error:
+                status = None
+        if status == "committed":
+            return attempt.result
+        if status == "aborted":
+            raise Unavailable("the store did not answer in time; nothing was written", component="store")
+        raise Unavailable("the store did not answer in time, and whether the transaction committed is unknown",
+                          component="store")
 
     # ------------------------------------------------------------------ events and seats
     async def create_event(self, event: Event) -> Event:
@@ -735,25 +873,15 @@ class PostgresStore:
         wanted = [s for s in dict.fromkeys(seat_ids) if _storable(s)]
         if not wanted or not _storable(event_id):
             return {}
-        rows = await self._call(
-            lambda conn: conn.execute(  # unique index (event_id, id)
-                "SELECT id, status FROM seats WHERE event_id = %s AND id = ANY(%s::text[])", (event_id, wanted)
-            ).fetchall(),
-            transaction=False,
-        )
+        rows = await self._call(lambda conn: conn.execute(_SEAT_STATUSES_SQL, (event_id, wanted)).fetchall(),
+                                transaction=False)
         return {r[0]: SeatStatus(r[1]) for r in rows}
 
     async def first_available(self, event_id: str) -> Seat | None:
         if not _storable(event_id):
             return None
-        row = await self._call(
-            lambda conn: conn.execute(  # partial index seats_available (event_id, position)
-                f"SELECT {_SEAT_COLUMNS} FROM seats WHERE event_id = %s AND status = 'available' "
-                "ORDER BY position LIMIT 1",
-                (event_id,),
-            ).fetchone(),
-            transaction=False,
-        )
+        row = await self._call(lambda conn: conn.execute(_FIRST_AVAILABLE_SQL, (event_id,)).fetchone(),
+                               transaction=False)
         return _seat(row) if row else None
 
     async def seat_counts(self, event_id: str) -> Counts:
@@ -942,14 +1070,8 @@ class PostgresStore:
         return await self._call(tx)
 
     async def edge_due(self, older_than: float, limit: int) -> list[Booking]:
-        rows = await self._call(
-            lambda conn: conn.execute(  # partial index bookings_edge_due
-                f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE edge_due AND updated_at <= %s "
-                "ORDER BY updated_at, id LIMIT %s",
-                (older_than, limit),
-            ).fetchall(),
-            transaction=False,
-        )
+        rows = await self._call(lambda conn: conn.execute(_EDGE_DUE_SQL, (older_than, limit)).fetchall(),
+                                transaction=False)
         return [_booking(r) for r in rows]
 
     async def edge_done(self, booking_ids: Sequence[str]) -> None:

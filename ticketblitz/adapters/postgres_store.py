@@ -169,6 +169,10 @@ _MAX_READS = 4  # window reads per event per batch: the first, one widening, ref
 _MAX_ROUNDS = 32  # plan-and-lock rounds per batch; each one learns something (a read, a lost seat)
 # Shorter than PostgreSQL's deadlock_timeout (1 s): we give up before a wait could be called a deadlock.
 _CONTESTED_WAIT_MS = 250
+# What the backend's state makes fail (timeouts, lost connections, pool timeouts, a session the server
+# ended, e.g. idle_in_transaction_session_timeout, SQLSTATE 25P03): `Unavailable`. Integrity, data and
+# programming errors pass through.
+_BACKEND_ERRORS = (psycopg.OperationalError, psycopg.InternalError)
 _COMMIT_GRACE = 1.0  # past its deadline, how long a caller waits for its transaction's last round trip
 _STATUS_TIMEOUT = 2.0  # for asking how a COMMIT in doubt ended
 
@@ -767,7 +771,7 @@ class PostgresStore:
             if attempt.give_up():
                 raise Unavailable("the store did not answer in time", component="store") from None
             return await self._settle(attempt)  # COMMIT is on its way
-        except psycopg.OperationalError as exc:  # timeouts, lock timeouts, lost connections, pool timeouts
+        except _BACKEND_ERRORS as exc:
             if attempt.in_doubt(exc):
                 return await self._settle(attempt)  # the connection was lost during COMMIT
             raise Unavailable(f"the store failed: {exc}", component="store") from exc
@@ -785,7 +789,7 @@ class PostgresStore:
         if not attempt.in_doubt(attempt.error):  # the answer came after all
             if attempt.error is None:
                 return attempt.result
-            if isinstance(attempt.error, psycopg.OperationalError):
+            if isinstance(attempt.error, _BACKEND_ERRORS):
                 raise Unavailable(f"the store failed: {attempt.error}", component="store") from attempt.error
             raise attempt.error
         assert attempt.xid is not None and attempt.pid is not None

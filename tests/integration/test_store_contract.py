@@ -326,6 +326,11 @@ async def test_reject_inserts_dead_letters_with_their_key_and_tombstones_without
     fresh = pending(event, "u4")
     first, second = await store.reject([fresh, fresh], "processing_failed", now, insert=True)
     assert first[1] is True and second == (first[0], False)
+    # two new bookings with one key in one call: the first in line gets it, the second is answered by it
+    one, two = pending(event, "u6", key="SHARED"), pending(event, "u6", key="SHARED")
+    (got, changed_one), (other, changed_two) = await store.reject([one, two], "processing_failed", now, insert=True)
+    assert (got.id, changed_one, other, changed_two) == (one.id, True, got, False)
+    assert await store.get_booking(two.id) is None
     # a booking of an event that does not exist cannot be recorded
     ghost = replace(pending(event, "u5"), event_id="evt_that_never_existed")
     with pytest.raises(NotFound):

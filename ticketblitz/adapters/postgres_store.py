@@ -400,7 +400,9 @@ def _reject(conn: Conn, *, bookings: Sequence[Booking], reason: str, now: float,
     """`Store.reject` in one transaction. Under the same owner locks as `decide`, so that a booking being
     decided and rejected at once gets exactly one of the two; none of the seat logic."""
     _serialize_owners(conn, bookings)
-    firsts = {b.id: b for b in reversed(bookings)}  # the first copy of each id (dicts keep the last write)
+    firsts: dict[str, Booking] = {}  # the first copy of each id, in order (who is first gets a shared key)
+    for b in bookings:
+        firsts.setdefault(b.id, b)
     stored = _bookings_by_id(conn, list(firsts))
     missing = [b for i, b in firsts.items() if i not in stored]
     if missing and not insert:

@@ -15,7 +15,7 @@ import random
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -584,3 +584,78 @@ async def test_the_new_reads_use_an_index(backend: Backend, store: Store, query:
         assert "Index" in plan and "Seq Scan" not in plan, plan
     if index is not None:
         assert index in plan, plan
+
+
+# ---------------------------------------------------------------------- parity
+@pytest.mark.parametrize("seed", [11, 12])
+async def test_both_stores_answer_the_same(databases: Databases, tmp_path: Path, seed: int) -> None:
+    """One random sequence of the new calls (with decisions and transitions around them), played against
+    both stores: every answer, the outbox and the seat map documents must be the same."""
+    stores: list[Store] = [SqliteStore(tmp_path / "parity.db"), PostgresStore(databases.create())]
+    for s in stores:
+        await s.open()
+    rng = random.Random(seed)
+    event = make_event(sections=(Section("A", 5, 8, 100), Section("B", 3, 5, 50)), max_per_user=6, hold_seconds=30)
+    for s in stores:
+        await s.create_event(event)
+    seat_ids = [ref.id for ref in rules.seat_map(event)]
+    now = 1_800_000_000.0
+    known: list[Booking] = []
+
+    async def both(call: Callable[[Store], Awaitable[Any]], unordered: bool = False) -> Any:
+        answers = []
+        for s in stores:
+            try:
+                answer = await call(s)
+            except (InvalidTransition, NotFound) as exc:
+                answer = type(exc)
+            answers.append(sorted(answer, key=lambda b: b.id) if unordered else answer)
+        assert answers[0] == answers[1], answers
+        return answers[0]
+
+    def new_booking() -> Booking:
+        user = f"u{rng.randrange(8)}"
+        if rng.random() < 0.5:
+            return pending(event, user, seats=rng.sample(seat_ids, rng.randint(1, 2)),
+                           key=rng.choice([None, None, "k1", "k2"]))
+        return pending(event, user, quantity=rng.randint(1, 3))
+
+    for _ in range(60):
+        now += rng.choice([0.5, 1, 5, 31])
+        roll = rng.random()
+        if roll < 0.35:
+            batch = [rng.choice(known) if known and rng.random() < 0.2 else new_booking()
+                     for _ in range(rng.randint(1, 4))]
+            known.extend(batch)
+            await both(lambda s, batch=batch, t=now: s.decide(batch, t, insert=True))
+        elif roll < 0.5:
+            batch = [rng.choice(known) if known and rng.random() < 0.5 else new_booking()
+                     for _ in range(rng.randint(1, 3))]
+            known.extend(batch)
+            keep = rng.random() < 0.5
+            await both(lambda s, batch=batch, t=now, keep=keep: s.reject(batch, "processing_failed", t, insert=True,
+                                                                          keep_key=keep))
+        elif roll < 0.6 and known:
+            chosen = rng.choice(known)
+            await both(lambda s, b=chosen, t=now: s.cancel(b.id, t))
+        elif roll < 0.7:
+            # bookings of one batch share expires_at: the order among them is not specified
+            await both(lambda s, t=now: s.expire_lapsed(t, 100), unordered=True)
+        elif roll < 0.8:
+            limit = rng.randint(1, 5)
+            due = await both(lambda s, t=now, limit=limit: s.edge_due(t, limit))
+            done = [b.id for b in due[: rng.randint(0, len(due))]]
+            await both(lambda s, done=done: s.edge_done(done))
+        else:
+            asked = rng.sample(seat_ids, 5)
+            await both(lambda s, asked=asked: s.seat_statuses(event.id, asked))
+            await both(lambda s: s.first_available(event.id))
+    for form in ("api", "compat"):
+        await both(lambda s, form=form: s.seat_map_json(event.id, form))
+    await both(lambda s: s.edge_due(now + 1000, 1000))
+    final = await both(lambda s: s.bookings_of_event(event.id))
+    seen = Counter(b.reason if b.status is BookingStatus.REJECTED else b.status.value for b in final)
+    assert seen["processing_failed"] and seen["held"] and seen["expired"] + seen["cancelled"], seen  # not vacuous
+    for s in stores:
+        await invariants(s, event)
+        await s.close()

@@ -17,8 +17,9 @@ What a caller hears is what happened (`_Conn.transaction`):
   raises did not commit; it is rolled back if SQLite left the transaction open (it does, e.g. after a
   deferred constraint failure or an interrupt), and when even ROLLBACK fails, the connection is closed
   (which discards the transaction) and opened again. The connection never stays inside a transaction.
-- The WAL is checkpointed after commits, every `_CHECKPOINT_COMMITS` commits or `_CHECKPOINT_SECONDS`,
-  whichever comes first; a failed checkpoint is logged and retried later, the commit stands.
+- The WAL is checkpointed after commits instead, about every `_CHECKPOINT_PAGES` pages as SQLite would
+  (the interval in commits adapts to the pages that each checkpoint found); a failed checkpoint is
+  logged and retried later, the commit stands.
 
 Residual: a COMMIT whose fsync fails may, after a crash, still be found in the WAL (as with any
 database that trusts fsync's error report); its caller heard `Unavailable`.
@@ -55,8 +56,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _PROGRESS_OPS = 2000  # SQLite VM steps between two looks at the deadline
-_CHECKPOINT_COMMITS = 100
-_CHECKPOINT_SECONDS = 1.0
+_CHECKPOINT_PAGES = 1000  # WAL pages between checkpoints, as SQLite's own wal_autocheckpoint
 _SERVER_KEY = "booking_secret"
 _CHUNK = 500  # ids per IN (...) list
 
@@ -209,7 +209,7 @@ class _Conn:
         self.deadline = float("inf")
         self.limiter = trio.CapacityLimiter(1)
         self.commits = 0  # since the last checkpoint
-        self.checkpointed_at = time.monotonic()
+        self.checkpoint_every = 1  # commits; adapts to the pages the commits write
         self.db = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
@@ -276,13 +276,16 @@ class _Conn:
 
     def _checkpoint_now_and_then(self) -> None:
         self.commits += 1
-        if self.commits < _CHECKPOINT_COMMITS and time.monotonic() - self.checkpointed_at < _CHECKPOINT_SECONDS:
+        if self.commits < self.checkpoint_every:
             return
-        self.commits, self.checkpointed_at = 0, time.monotonic()
         try:
-            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            _busy, pages, _copied = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # the commit stands; the next checkpoint copies what this one did not
             log.warning("sqlite store: WAL checkpoint failed: %s", exc)
+        else:
+            if pages > 0:  # the WAL restarts after a complete checkpoint: `pages` is about what these commits wrote
+                self.checkpoint_every = max(1, min(1000, self.commits * _CHECKPOINT_PAGES // pages))
+        self.commits = 0
 
 
 class SqliteStore:

@@ -200,6 +200,41 @@ async def test_sqlite_a_commit_that_ran_is_reported_even_when_it_took_long(tiny:
     assert probes(tiny) == ["probe-slow-commit"]
 
 
+async def test_sqlite_a_failed_checkpoint_never_fails_the_commit_before_it(tiny: SqliteStore) -> None:
+    """SQLite reports an automatic checkpoint's error as the COMMIT's, after the commit: so checkpoints run
+    after commits, apart, and their failures are only logged."""
+    writer = tiny._writer
+    assert writer is not None
+    real = writer.db
+    assert real.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+
+    class FailingCheckpoint(FaultyCommit):
+        def execute(self, statement: str, *args: Any) -> Any:
+            if statement.startswith("PRAGMA wal_checkpoint"):
+                raise sqlite3.OperationalError("disk I/O error")
+            return self.real.execute(statement, *args)
+
+    writer.db = FailingCheckpoint(real, commit="")  # type: ignore[assignment]
+    writer.checkpoint_every = 1  # the next commit is followed by a checkpoint
+    assert await tiny._write(probe("probe-checkpoint")) == "probe-checkpoint"
+    writer.db = real
+    assert probes(tiny) == ["probe-checkpoint"]
+
+
+async def test_sqlite_checkpoints_keep_the_wal_short(tiny: SqliteStore) -> None:
+    def write(i: int) -> Callable[[sqlite3.Connection], None]:
+        return lambda db: db.execute("INSERT INTO server_keys VALUES (?, zeroblob(16000))", (f"probe-{i:03}",))
+
+    for i in range(500):  # about five pages each: some 2,500 WAL pages if nothing checkpointed
+        await tiny._write(write(i))
+    db = sqlite3.connect(str(tiny.path))
+    try:  # frames in the WAL right now: about one checkpoint interval's worth (1000 pages)
+        _busy, frames, _done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        db.close()
+    assert 0 < frames < 1500
+
+
 # ---------------------------------------------------------------------- PostgreSQL
 @pytest.fixture(scope="module")
 def databases() -> Iterator[Databases]:

@@ -85,7 +85,7 @@ class QueueBreaker:
 class IntakeBatcher:
     def __init__(self, settings: Settings, store: Store, queue: BookingQueue, admission: Admission,
                  catalog: EventCatalog, followups: EdgeFollowUps, secrets: SecretIssuer, telemetry: Telemetry,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], *, requeue_after: float) -> None:
         self.settings = settings
         self.store = store
         self.queue = queue
@@ -100,7 +100,7 @@ class IntakeBatcher:
         # a repeat finds its first request's booking admitted but not known to be queued: after this long
         # that request has surely ended (its produce and tombstone deadlines are over), so the booking
         # may be in no queue and is queued again (a duplicate is harmless)
-        self.requeue_after = settings.produce_timeout + settings.store_timeout + 2.0
+        self.requeue_after = requeue_after
         self._send, self._recv = trio.open_memory_channel[_Ticket](settings.intake_limit)
 
     def waiting(self) -> int:

@@ -60,9 +60,13 @@ class BookingService:
         self.secrets = SecretIssuer()
         self.waiters = Waiters(settings.max_long_polls)
         self.seat_maps = SeatMaps(store, settings.seat_map_max_age)
-        self.followups = EdgeFollowUps(store, admission, clock, deadline=settings.lock_timeout + settings.store_timeout)
+        # a repeat requeues a booking whose first request may have died after this long; an admission never
+        # marked queued twice as long after is an orphan of a crash
+        requeue_after = settings.produce_timeout + settings.store_timeout + 2.0
+        self.followups = EdgeFollowUps(store, admission, clock, deadline=settings.lock_timeout + settings.store_timeout,
+                                       orphan_after=2 * requeue_after)
         self.intake = IntakeBatcher(settings, store, queue, admission, self.catalog, self.followups, self.secrets,
-                                    self.telemetry, clock)
+                                    self.telemetry, clock, requeue_after=requeue_after)
         self.decider = Decider(settings, store, queue, locks, admission, self.followups, self.waiters,
                                self.seat_maps, self.telemetry, clock)
         self.sweeper = HoldSweeper(settings, store, self.followups, self.seat_maps, self.telemetry, clock)

@@ -43,11 +43,15 @@ class Tombstoned:
 
 
 class EdgeFollowUps:
-    def __init__(self, store: Store, admission: Admission, clock: Callable[[], float], deadline: float) -> None:
+    def __init__(self, store: Store, admission: Admission, clock: Callable[[], float], deadline: float,
+                 orphan_after: float) -> None:
         self._store = store
         self._admission = admission
         self._clock = clock
         self._deadline = deadline  # seconds any one follow-up may take
+        # an admission never marked queued this long after it was made belongs to an intake that died
+        # between admitting and enqueueing (a crash): its booking may or may not be in the queue
+        self._orphan_after = orphan_after
         # per kind of edge follow-up, the bookings it still has to land for (kept until it does)
         self._owed: dict[str, dict[str, Booking]] = {kind: {} for kind in self._EDGE_CALLS}
         self._tombstones: dict[str, Booking] = {}
@@ -152,7 +156,7 @@ class EdgeFollowUps:
             await self.retry_once()
 
     async def retry_once(self) -> None:
-        """One round: tombstones, the edge calls owed, the edge outbox."""
+        """One round: tombstones, the edge calls owed, the edge outbox, orphaned admissions."""
         if self._tombstones:
             batch = list(self._tombstones.values())
             if await self._tombstone_now(batch) is not None:
@@ -165,6 +169,19 @@ class EdgeFollowUps:
                     for b in batch:
                         owed.pop(b.id, None)
         await self._drain_outbox()
+        await self._resolve_orphans()
+
+    async def _resolve_orphans(self) -> None:
+        """Admissions that no intake will finish (it crashed): settled through the store like an enqueue
+        of unknown outcome (stored: settled; not stored: tombstoned and abandoned)."""
+        stale: list[Booking] = []
+
+        async def read() -> None:
+            stale.extend(await self._admission.stale_admissions(self._clock() - self._orphan_after, OUTBOX_CHUNK))
+
+        if await self._attempt("orphans_read", read) and stale:
+            log.warning("resolving %d admissions left behind by an intake that did not finish", len(stale))
+            await self.tombstone(stale)
 
     async def _drain_outbox(self) -> None:
         if self._released:

@@ -338,7 +338,10 @@ def create_app(service: BookingService) -> QuartTrio:
     async def metrics() -> Response:
         """Prometheus text exposition."""
         gauges = {"queue_depth": float(service.queue.depth()), "ws_subscribers": float(len(telemetry.subscribers)),
-                  "accepting": 1.0 if service.accepting else 0.0}
+                  "accepting": 1.0 if service.accepting else 0.0,
+                  "intake_waiting": float(service.intake.waiting()),
+                  "long_polls": float(service.waiters.active),
+                  "followups_pending": float(service.followups.pending())}
         return Response(telemetry.metrics_text(gauges), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/")

@@ -130,8 +130,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-# The seat map documents of `seat_map_json`, built by SQLite: one row, one string, no per-seat Python.
-# Seat ids and section names are [A-Za-z0-9-] (validated at creation); json_quote escapes anyway.
+# The seat map documents of `seat_map_json`, built by SQLite: one row, one string, no per-seat Python
+# (json_object and json_quote escape what JSON needs, as orjson does).
 _SEAT_MAP_SQL = {
     "api": """
         SELECT CAST('{"event_id":' || json_quote(e.id) || ',"seats":' || (
@@ -168,7 +168,6 @@ def _event(row: Sequence[Any]) -> Event:
     return event_from_row(row, json.loads)
 
 
-
 def _json_list(values: Sequence[str]) -> str:
     return orjson.dumps(list(values)).decode()
 
@@ -181,10 +180,6 @@ def _booking_values(b: Booking) -> tuple[Any, ...]:
 
 
 _INSERT_BOOKING = f"INSERT INTO bookings ({BOOKING_COLUMNS}) VALUES ({','.join('?' * BOOKING_COLUMN_COUNT)})"
-
-
-
-
 
 
 def _seat(row: Sequence[Any]) -> Seat:

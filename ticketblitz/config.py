@@ -37,6 +37,9 @@ class Settings:
     kafka_bootstrap: str = ""  # host:port selects the Kafka queue
     kafka_topic: str = "booking-requests"  # topic of queued booking requests (its DLQ: <topic>-dlq)
     kafka_group: str = "booking-group"  # consumer group shared by every server process
+    # seconds a Kafka produce (intake's enqueue, a requeue) may take: acknowledged by the broker or 503 within
+    # about this, so that a dead broker answers the crowd at once instead of holding requests for seconds
+    produce_timeout: float = 2.0
     workers: int = 1  # server processes sharing the port (distributed mode only)
     listen_fd: int = -1  # internal: a listening socket inherited from the `--workers` supervisor
     # --- limits and deadlines
@@ -102,7 +105,8 @@ class Settings:
             raise ValueError("kafka_bootstrap: the Kafka queue needs the PostgreSQL store (TICKETBLITZ_DATABASE_URL)")
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes: must be at least 1024")
-        for name in ("store_timeout", "lock_timeout", "sweep_interval", "shutdown_grace", "max_wait"):
+        for name in ("store_timeout", "lock_timeout", "produce_timeout", "sweep_interval", "shutdown_grace",
+                     "max_wait"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}: must be a positive, finite number of seconds")

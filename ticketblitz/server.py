@@ -50,7 +50,7 @@ def build_service(settings: Settings, clock: Callable[[], float] | None = None) 
 
         queue = KafkaQueue(settings.kafka_bootstrap, topic=settings.kafka_topic,
                            dlq_topic=f"{settings.kafka_topic}-dlq", group=settings.kafka_group,
-                           consume=settings.consumers > 0)
+                           produce_timeout=settings.produce_timeout, consume=settings.consumers > 0)
     else:
         queue = InProcessQueue(store)
     if settings.redis_url:

@@ -433,14 +433,16 @@ async def test_abandon_is_idempotent_and_harmless_for_admissions_that_never_happ
     assert edge.stock() == Stock(2, {}, {}) and edge.key_owner("k1") is None
 
 
-async def test_mark_queued_ignores_unknown_and_settled_bookings(edge: Edge) -> None:
+async def test_mark_queued_and_abandon_leave_settled_bookings_alone(edge: Edge) -> None:
+    """A produce that timed out may still have been written, and decided before the abandon came."""
     await edge.add_event()
-    b1 = booking("b1", "u", 1)
+    b1 = booking("b1", "u", 1, key="k1")
     assert await edge.admit(b1) is None
     assert await edge.settle(b1, ("A-1-1",))
     await edge.mark_queued(b1, booking("never", "v", 1))
-    await edge.abandon(b1)  # settled: nothing left to undo, its seat stays taken
+    await edge.abandon(b1)  # settled: nothing left to undo, its seat stays taken, its key names it
     assert edge.stock() == Stock(9, {"A-1-1": "b1"}, {"u": 1})
+    assert edge.key_owner("k1") == "b1"
 
 
 async def test_withdraw_undoes_even_a_queued_booking(edge: Edge) -> None:

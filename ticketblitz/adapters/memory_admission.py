@@ -103,11 +103,12 @@ class InProcessAdmission:
         self._queued.update(b.id for b in bookings if self.inventory.has_reservation(b.id))
 
     async def abandon(self, bookings: Sequence[Booking]) -> None:
-        """Withdraw the bookings not marked queued; idempotent (never admitted, or withdrawn before: no-op)."""
+        """Withdraw the admitted bookings not marked queued. Idempotent: one never admitted, refused, a
+        repeat, withdrawn before or settled since has nothing to undo (a settled one keeps its key)."""
         await self._rebuild_if_invalid()
         await trio.lowlevel.checkpoint()
         for b in bookings:
-            if b.id not in self._queued:
+            if b.id not in self._queued and self.inventory.has_reservation(b.id):
                 self._withdraw_one(b)
 
     async def withdraw(self, bookings: Sequence[Booking]) -> None:

@@ -7,9 +7,9 @@
 --   waiting: admitted, not queued: withdrawn (reservation, record, key if ours).
 --   queued: left alone (the queue will deliver it; the store decides it).
 --   absent, with a reservation: restored from the store at a rebuild (the store has it): left alone.
---   absent, no reservation: the admit did not run, refused it, or ran long ago and was settled. The key
---     is forgotten if it names this booking, and a tombstone refuses an admit of this booking that is
---     still on its way (a request delayed in the network runs after this script).
+--   absent, no reservation: the admit did not run, refused it (or found a repeat), or ran and the booking
+--     was settled since (decided in the store: its key stays). Nothing to undo; a tombstone refuses an
+--     admit of this booking still on its way (a request delayed in the network runs after this script).
 
 if edge_is_missing() then
   return EDGE_MISSING
@@ -22,7 +22,6 @@ for _, b in ipairs(cjson.decode(ARGV[1])) do
     withdraw(b)
     undone = undone + 1
   elseif state == 'absent' and redis.call('HEXISTS', edge_key(b.event_id, 'res'), b.booking_id) == 0 then
-    forget_key(b)
     redis.call('SET', abandoned_key(b.booking_id), '1', 'EX', tombstone_ttl)
   end
 end

@@ -58,7 +58,8 @@ def build_service(settings: Settings, clock: Callable[[], float] | None = None) 
         from .adapters.redis_locks import RedisLocks
 
         locks = RedisLocks(settings.redis_url, timeout=settings.lock_timeout)
-        admission = RedisAdmission(settings.redis_url, timeout=settings.lock_timeout)
+        # admitted_at on the service's clock: the service compares it with its own (stale admissions)
+        admission = RedisAdmission(settings.redis_url, timeout=settings.lock_timeout, clock=clock or time.time)
     else:
         locks = InProcessLocks()
         admission = InProcessAdmission()

@@ -629,6 +629,31 @@ async def test_admitted_bookings_have_a_pending_record(url: str, store: SqliteSt
     await admission.close()
 
 
+async def test_stale_admissions_are_the_old_ones_never_marked_queued(url: str, store: SqliteStore) -> None:
+    """What an intake that died between admission and enqueue leaves: found by age, oldest first."""
+    now = [100.0]
+    admission = await open_redis_admission(url, store, clock=lambda: now[0])
+    raw = client(url)
+    await admission.add_event(EVT, 10, 4)
+    bs = [booking(f"b{i}", f"u{i}", 1) for i in range(5)]
+    for i, b in enumerate(bs):
+        now[0] = 100.0 * (i + 1)
+        assert await admission.admit([AdmitItem(b)]) == [AdmitResult()]
+    await admission.mark_queued([bs[1]])  # the queue has it: never stale
+    before = admission._link.round_trips
+    assert await admission.stale_admissions(250.0, 10) == [bs[0]]
+    assert admission._link.round_trips == before + 1
+    assert await admission.stale_admissions(300.0, 10) == [bs[0], bs[2]]  # at or before: inclusive
+    assert await admission.stale_admissions(1000.0, 2) == [bs[0], bs[2]]
+    await admission.settle([replace(bs[0], status=BookingStatus.HELD, seat_ids=("A-1-1",))])
+    await admission.abandon([bs[2]])
+    await admission.withdraw([bs[3]])
+    raw.delete(pending_key("b4"))  # its record expired: its index entry is dropped when met
+    assert await admission.stale_admissions(1000.0, 10) == []
+    assert raw.zcard("tb:admitted") == 0
+    await admission.close()
+
+
 async def test_a_pending_record_of_the_old_format_reads_as_queued(redis_edge: Edge) -> None:
     """Written by a process of before `queued` (a plain string): such records were only kept once queued."""
     b1 = booking("b1", "u", 1)

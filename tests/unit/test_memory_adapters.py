@@ -196,6 +196,8 @@ async def test_invalidate_without_a_store_keeps_the_state() -> None:
 
 
 async def test_the_embedded_edge_keeps_no_pending_records(admission: InProcessAdmission, event: Event) -> None:
+    """Its queue stores bookings before answering, and a crashed intake takes its admissions along."""
     (b,) = bookings(event, 1)
     await admission.admit([AdmitItem(b)])
     assert await admission.pending(b.id) is None
+    assert await admission.stale_admissions(time.time() + 3600, 10) == []

@@ -143,6 +143,11 @@ class InProcessAdmission:
             self.inventory.release(b.id, b.event_id, b.user_id, b.seat_ids)
             self._queued.discard(b.id)
 
+    async def stale_admissions(self, older_than: float, limit: int) -> list[Booking]:
+        """None here: an intake that dies takes this process's admissions with it."""
+        await trio.lowlevel.checkpoint()
+        return []
+
     async def pending(self, booking_id: str) -> PendingRecord | None:
         await trio.lowlevel.checkpoint()
         return None  # the embedded queue stores pending bookings before it answers

@@ -75,7 +75,7 @@ class RedisAdmission:
                  abandoned_ttl_s: int = ABANDONED_TTL_S, clock: Callable[[], float] = time.time) -> None:
         self.pending_ttl_s = pending_ttl_s
         self.abandoned_ttl_s = abandoned_ttl_s
-        self._clock = clock  # the wall clock of `admitted_at`
+        self._clock = clock  # the wall clock of `admitted_at` (the service's, which asks for stale admissions)
         self._link = RedisLink(url, timeout=timeout, max_threads=max_threads)
         self._store: Store | None = None  # kept from `ensure`: what a rebuild after a loss reads
         self._rebuilding = trio.Lock()  # one rebuild attempt per process at a time
@@ -86,6 +86,7 @@ class RedisAdmission:
         self._withdraw = link.script("edge_common", "edge_withdraw")
         self._abandon = link.script("edge_common", "edge_abandon")
         self._mark_queued = link.script("edge_common", "edge_mark_queued")
+        self._stale = link.script("edge_common", "edge_stale")
         self._release = link.script("edge_common", "edge_release")
         self._claim_rebuild = link.script("edge_claim_rebuild")
         self._finish_rebuild = link.script("edge_finish_rebuild")
@@ -188,6 +189,18 @@ class RedisAdmission:
             await self._forget_edge()
         except Unavailable as exc:
             log.warning("could not invalidate the edge now, the next call will: %s", exc.detail)
+
+    async def stale_admissions(self, older_than: float, limit: int) -> list[Booking]:
+        """Bookings admitted at or before `older_than` (the clock given at construction) and never marked
+        queued, oldest first (script: redis_scripts/edge_stale.lua); at most `limit`, one round trip."""
+        raws = await self._link.run(lambda: self._stale(args=[repr(older_than), limit]), "stale admissions")
+        stale = []
+        for raw in raws:
+            try:
+                stale.append(booking_from_json(raw))
+            except ValueError:
+                log.error("a pending record that is not a booking: %.200r", raw)
+        return stale
 
     async def pending(self, booking_id: str) -> PendingRecord | None:
         """A booking accepted at the edge but not yet settled, as its pending record says, else None."""

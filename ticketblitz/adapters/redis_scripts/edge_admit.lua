@@ -65,6 +65,7 @@ local function admit_one(req, pending_ttl, admitted_at)
   local record = pending_key(req.booking_id)
   redis.call('HSET', record, 'booking', req.record, 'queued', '0', 'admitted_at', admitted_at)
   redis.call('EXPIRE', record, pending_ttl)
+  redis.call('ZADD', ADMITTED, admitted_at, req.booking_id)
   return 'ok'
 end
 

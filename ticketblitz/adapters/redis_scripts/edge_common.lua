@@ -10,12 +10,15 @@
 --   tb:pending:<id>    hash  the booking accepted but not yet settled: booking (its JSON), queued ("0"
 --                            at admit, "1" once the queue acknowledged it), admitted_at (epoch seconds)
 --   tb:abandoned:<id>  "1"   an abandoned booking whose admission had not run: refuses a late admit
+-- and tb:admitted, a sorted set of the bookings admitted and not yet queued (score: admitted_at), where
+-- stale admissions are found (an intake that died between admission and enqueue).
 --
 -- The edge state is a cache rebuilt from the store; tb:edge:ready marks it complete. Every script that
 -- reads or changes it first checks the marker and answers EDGE_MISSING without touching anything when
 -- it is gone (Redis restarted or was flushed), so that the caller rebuilds and asks again.
 
 local READY = 'tb:edge:ready'
+local ADMITTED = 'tb:admitted'
 local EDGE_MISSING = 'edge_missing'
 local SEAT_UPDATES = 'seat-updates'
 
@@ -45,6 +48,12 @@ local function pending_state(booking_id)
     return 'queued'
   end
   return 'waiting'
+end
+
+-- The booking is settled, withdrawn or released: its pending record and its index entry go.
+local function forget_pending(booking_id)
+  redis.call('DEL', pending_key(booking_id))
+  redis.call('ZREM', ADMITTED, booking_id)
 end
 
 local function edge_is_missing()
@@ -130,7 +139,7 @@ end
 -- Undo an admission (EdgeInventory.withdraw): the reservation, the pending record, the key if ours.
 local function withdraw(b)
   settle(b.event_id, b.booking_id, {})
-  redis.call('DEL', pending_key(b.booking_id))
+  forget_pending(b.booking_id)
   forget_key(b)
 end
 

@@ -11,7 +11,7 @@ local add_freed, events, freed_by_event = seat_collector()
 local count = 0
 for _, b in ipairs(cjson.decode(ARGV[1])) do
   local freed = release(b.event_id, b.booking_id, b.user_id, b.seats)
-  redis.call('DEL', pending_key(b.booking_id))
+  forget_pending(b.booking_id)
   count = count + #freed
   add_freed(b.event_id, freed)
 end

@@ -120,6 +120,14 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.before_request
     async def _start_clock() -> None:
         g.started = time.perf_counter()
+        # Take in the whole body before anything answers (401, 404, 405, a handler that ignores it):
+        # Hypercorn leaves a keep-alive connection stalled when the answer goes out while the body is
+        # still arriving, and the client's next request on it waits forever. (A body announced over
+        # the limit is not read here: the route refuses it with 413 if it reads bodies.)
+        length = request.content_length
+        chunked = length is None and "Transfer-Encoding" in request.headers
+        if chunked or (length and length <= settings.max_body_bytes):
+            await request.get_data(cache=True)
 
     @app.after_request
     async def _record(response: Response) -> Response:
@@ -140,9 +148,11 @@ def create_app(service: BookingService) -> QuartTrio:
         detail = error.description or error.name
         if status == 404:
             detail = f"no route {request.method} {request.path}" if request else "not found"
+        # a 405 must say which methods the path serves (RFC 9110, section 15.5.6)
+        headers = {name: value for name, value in error.get_headers() if name.lower() == "allow"}
         if status == 413:
             detail = f"body: larger than the limit of {settings.max_body_bytes} bytes"
-        return problem_response(status, code, error.name, detail)
+        return problem_response(status, code, error.name, detail, headers=headers or None)
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:

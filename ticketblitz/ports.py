@@ -270,6 +270,10 @@ class Admission(Protocol):
         """Forget the edge state, so that the next call rebuilds it from the store (a follow-up that
         cannot land any other way)."""
 
+    async def stale_admissions(self, older_than: float, limit: int) -> list[Booking]:
+        """Bookings admitted at or before `older_than` (wall clock) and never marked queued: what an intake
+        that died between admission and enqueue left behind (Kafka mode; the embedded adapter has none)."""
+
     async def pending(self, booking_id: str) -> PendingRecord | None:
         """A booking accepted but not yet settled, as the edge recorded it (Kafka mode), else None. The
         embedded adapter has none: the embedded queue stores bookings before it answers."""

@@ -4,13 +4,13 @@ map domain errors to problem+json (in `problem_of`, the one mapping)."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+import trio
 from quart import Response, g, request, send_from_directory, websocket
 from quart_schema import (
     QuartSchema,
@@ -26,9 +26,9 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .. import intake
-from ..domain.errors import BookingError, SoldOut
-from ..domain.model import SeatStatus
-from ..policy import check_json_body
+from ..domain.errors import BookingError, Forbidden, SoldOut, Unauthorized
+from ..domain.ownership import is_token
+from ..policy import API_HEADERS, PAGE_HEADERS, bearer, check_json_body, cors_headers
 from ..representation import (
     booking_json,
     compat_seat_json,
@@ -36,7 +36,6 @@ from ..representation import (
     http_code,
     problem,
     problem_of,
-    seat_json,
 )
 from ..schemas import (
     BookingIn,
@@ -61,6 +60,7 @@ from ..schemas import (
     parse_wait,
 )
 from ..service import BookingService
+from ..telemetry import Subscriber
 from .openapi import BOOKING_OWNER, TicketBlitzOpenAPI, problems, quart_security_schemes
 
 log = logging.getLogger("ticketblitz.web")
@@ -134,6 +134,12 @@ def create_app(service: BookingService) -> QuartTrio:
         started = getattr(g, "started", None)
         if started is not None:
             telemetry.record_request(response.status_code, time.perf_counter() - started)
+        page = request.path == "/" or request.path.startswith("/static/")
+        for name, value in (PAGE_HEADERS if page else API_HEADERS).items():
+            response.headers.setdefault(name, value)
+        for name, value in cors_headers(settings.cors_origin_set, request.headers.get("Origin"),
+                                        preflight=request.method == "OPTIONS").items():
+            response.headers[name] = value
         return response
 
     @app.errorhandler(BookingError)
@@ -160,19 +166,17 @@ def create_app(service: BookingService) -> QuartTrio:
         return problem_response(503, "unavailable", "Service unavailable",
                                 "the server could not complete the request; nothing was changed")
 
-    def require_admin() -> None:
-        header = request.headers.get("Authorization", "")
-        if not header:
-            raise _AuthError(401, "unauthorized", "an organizer route needs Authorization: Bearer <admin token>")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                                 settings.admin_token.encode()):
-            raise _AuthError(403, "forbidden", "the admin token is not valid")
+    def credential() -> str | None:
+        """The bearer credential of the request (None: no Authorization header)."""
+        return bearer({"authorization": request.headers["Authorization"]} if "Authorization" in request.headers
+                      else {})
 
-    @app.errorhandler(_AuthError)
-    async def _auth_error(error: _AuthError) -> Response:
-        return problem_response(error.status, error.code, "Unauthorized" if error.status == 401 else "Forbidden",
-                                error.detail)
+    def require_admin() -> None:
+        token = credential()
+        if token is None:
+            raise Unauthorized("an organizer route needs Authorization: Bearer <admin token>")
+        if not is_token(settings.admin_token, token):  # an empty admin token never opens anything
+            raise Forbidden("the admin token is not valid")
 
     async def raw_body() -> bytes:
         raw: bytes = await request.get_data(cache=False, as_text=False)  # type: ignore[assignment]
@@ -223,9 +227,8 @@ def create_app(service: BookingService) -> QuartTrio:
     @document_response(SeatsOut)
     @problems(404, 503)
     async def get_seats(event_id: str) -> Response:
-        """The event's seat map with each seat's status."""
-        seats = await service.seats(event_id)
-        return json_response({"event_id": event_id, "seats": [seat_json(s) for s in seats]})
+        """The event's seat map with each seat's status (at most one build stale: see the README)."""
+        return Response(await service.seat_map(event_id, "api"), content_type="application/json")
 
     # ------------------------------------------------------------------ bookings
     @app.post("/api/events/<event_id>/bookings")
@@ -249,7 +252,7 @@ def create_app(service: BookingService) -> QuartTrio:
     async def get_booking(booking_id: str) -> Response:
         """A booking; `?wait=N` long-polls up to N seconds until it leaves `pending`."""
         wait = parse_wait(request.args.get("wait"))
-        return json_response(booking_json(await service.booking(booking_id, wait)))
+        return json_response(booking_json(await service.booking(booking_id, credential(), wait)))
 
     @app.post("/api/bookings/<booking_id>/confirm")
     @tag(["bookings"])
@@ -258,7 +261,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @problems(401, 404, 409, 413, 415, 503)
     async def confirm_booking(booking_id: str) -> Response:
         """Buy a held booking: its seats become `sold` (idempotent on a confirmed booking)."""
-        return json_response(booking_json(await service.confirm(booking_id)))
+        return json_response(booking_json(await service.confirm(booking_id, credential())))
 
     @app.post("/api/bookings/<booking_id>/cancel")
     @tag(["bookings"])
@@ -267,7 +270,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @problems(401, 404, 409, 413, 415, 503)
     async def cancel_booking(booking_id: str) -> Response:
         """Release a held booking: its seats become `available`."""
-        return json_response(booking_json(await service.cancel(booking_id)))
+        return json_response(booking_json(await service.cancel(booking_id, credential())))
 
     # ------------------------------------------------------------------ the original's routes
     @tag(["original"])
@@ -312,8 +315,7 @@ def create_app(service: BookingService) -> QuartTrio:
     async def compat_seats() -> Response:
         """The event's seats numbered 1..capacity, status AVAILABLE / LOCKED / BOOKED."""
         event = await service.compat_event(request.args.get("eventId"))
-        seats = await service.seats(event.id)
-        return json_response({"eventId": event.id, "seats": [compat_seat_json(s) for s in seats]})
+        return Response(await service.seat_map(event.id, "compat"), content_type="application/json")
 
     @app.get("/api/random-seat")
     @tag(["original"])
@@ -323,10 +325,10 @@ def create_app(service: BookingService) -> QuartTrio:
     async def compat_random_seat() -> Response:
         """The first available seat (`409 sold_out` when none is left)."""
         event = await service.compat_event(request.args.get("eventId"))
-        for seat in await service.seats(event.id):
-            if seat.status is SeatStatus.AVAILABLE:
-                return json_response(compat_seat_json(seat))
-        raise SoldOut(f"event {event.id} has no seat left")
+        seat = await service.first_available_seat(event.id)
+        if seat is None:
+            raise SoldOut(f"event {event.id} has no seat left")
+        return json_response(compat_seat_json(seat))
 
     @app.get("/health")
     @tag(["original"])
@@ -366,7 +368,10 @@ def create_app(service: BookingService) -> QuartTrio:
     async def metrics() -> Response:
         """Prometheus text exposition."""
         gauges = {"queue_depth": float(service.queue.depth()), "ws_subscribers": float(len(telemetry.subscribers)),
-                  "accepting": 1.0 if service.accepting else 0.0}
+                  "accepting": 1.0 if service.accepting else 0.0,
+                  "intake_waiting": float(service.intake.waiting()),
+                  "long_polls": float(service.waiters.active),
+                  "followups_pending": float(service.followups.pending())}
         return Response(telemetry.metrics_text(gauges), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/")
@@ -375,27 +380,48 @@ def create_app(service: BookingService) -> QuartTrio:
         return await send_from_directory(str(static_dir), "index.html")
 
     @app.websocket("/ws")
-    async def ws() -> None:
-        """Telemetry frames: `snapshot` on connect, then lock/queue/booking/seat, `stats` every second."""
+    async def ws() -> Response | None:
+        """Telemetry frames: `snapshot` on connect, then lock/queue/booking/seat, `stats` every second.
+        Anonymous frames carry no booking or user ids; a first frame {"type": "auth", "token": <admin
+        token>} opens them."""
         event_filter = websocket.args.get("event") or None
         if event_filter is not None and len(event_filter) > 64:
             event_filter = None
+        if len(telemetry.subscribers) >= settings.max_ws_subscribers:
+            return problem_response(503, "unavailable", "Service unavailable",
+                                    f"{settings.max_ws_subscribers} subscribers are connected already; retry later",
+                                    headers={"Retry-After": "5"})
         await websocket.accept()
         with telemetry.subscribe(event_filter) as sub:
             events = [event_json(e) for e in await service.events()
                       if event_filter is None or e.id == event_filter]
             await websocket.send(orjson.dumps({"type": "snapshot", "ts": telemetry.last_stats["ts"],
                                                "events": events, "stats": telemetry.last_stats}).decode())
-            while True:
-                frame = await sub.next_frame()
-                await websocket.send(orjson.dumps(frame).decode())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read_frames, sub)
+                while True:
+                    frame = await sub.next_frame()
+                    await websocket.send(orjson.dumps(frame).decode())
+        return None
+
+    async def _read_frames(sub: Subscriber) -> None:
+        """The subscriber's frames: the first may authenticate it as admin; the rest are read and ignored
+        (so that a chatty client cannot fill buffers)."""
+        first = True
+        while True:
+            raw = await websocket.receive()
+            if not first:
+                continue
+            first = False
+            try:
+                message = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(message, dict) and message.get("type") == "auth":
+                token = message.get("token")
+                sub.admin = isinstance(token, str) and is_token(settings.admin_token, token)
+                await websocket.send(orjson.dumps({"type": "auth", "ok": sub.admin}).decode())
 
     return app
-
-
-class _AuthError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
 
 

@@ -114,7 +114,8 @@ class CompatBookingIn(BaseModel):
 
 
 class WaitQuery(BaseModel):
-    wait: float | None = Field(default=None, ge=0, le=30, description="long-poll up to N seconds (0..30)")
+    wait: Annotated[float, Field(ge=0, le=30)] | Literal[""] | None = Field(
+        default=None, description="long-poll up to N seconds (0..30); empty or absent: answer at once")
 
 
 class CompatEventQuery(BaseModel):

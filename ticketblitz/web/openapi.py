@@ -173,9 +173,9 @@ def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
     a query or header parameter is absent or a string, never JSON null."""
     options: Iterable[dict[str, Any]] = schema.get("anyOf", ())
     kept = [option for option in options if option.get("type") != "null"]
-    if len(kept) == 1 and len(kept) != len(schema.get("anyOf", ())):
+    if kept and len(kept) != len(schema.get("anyOf", ())):
         rest = {k: v for k, v in schema.items() if k not in {"anyOf", "default"}}
-        return {**rest, **kept[0]}
+        return {**rest, **kept[0]} if len(kept) == 1 else {**rest, "anyOf": kept}
     if schema.get("default", ...) is None:
         return {k: v for k, v in schema.items() if k != "default"}
     return schema

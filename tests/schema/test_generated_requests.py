@@ -170,6 +170,8 @@ def test_distributed(distributed: tuple[ServerProcess, World, Path]) -> None:
 
 def test_generated_requests_total() -> None:
     """The schema suite's count: at least 10,000 generated requests, none answered 5xx."""
+    if not RESULTS:
+        pytest.skip("no schemathesis run in this session (the runs above were deselected)")
     total = sum(r.sent for r in RESULTS)
     summary = "\n".join(f"  {r.name}: {r.sent} requests, {r.operations} operations, answers {r.by_status}"
                         for r in RESULTS)

@@ -19,6 +19,7 @@ from quart_schema import (
     document_request,
     document_response,
     hide,
+    security_scheme,
     tag,
 )
 from quart_trio import QuartTrio
@@ -49,8 +50,9 @@ from ..schemas import (
     EventOut,
     EventsOut,
     IdempotencyHeaders,
-    Problem,
+    NewBookingOut,
     ReadyOut,
+    ReadyProblem,
     SeatsOut,
     StatusOut,
     WaitQuery,
@@ -59,6 +61,7 @@ from ..schemas import (
 )
 from ..service import BookingService
 from ..telemetry import Subscriber
+from .openapi import BOOKING_OWNER, TicketBlitzOpenAPI, problems, quart_security_schemes
 
 log = logging.getLogger("ticketblitz.web")
 
@@ -69,11 +72,20 @@ a seat twice and without losing an accepted request.
 
 * Booking requests are validated, admitted at the edge and queued durably: `202` means the booking
   WILL reach a decision (`held` or `rejected`); poll `GET /api/bookings/{id}?wait=N`.
+* A booking belongs to whoever holds its `secret`, which only the answer that created it (and an
+  `Idempotency-Key` repeat) carries: reading, long-polling, confirming and cancelling it need
+  `Authorization: Bearer <secret>` (or the admin token). Without an `Authorization` header `401`; with a
+  secret that is not this booking's `404`, whether or not the booking exists.
+* Organizer routes (`POST /api/events`) need `Authorization: Bearer <admin token>`: `401` without,
+  `403` with a wrong one. Reading events and seats and the operations routes need no token.
+* `POST` bodies must be sent as `Content-Type: application/json` (`415` otherwise); bodies over the
+  limit (64 KiB by default) get `413`.
 * Every error is `application/problem+json` with a `code` (see API.md). A `422` names the field in
-  `detail` and in the extra member `field`.
+  `detail` and in the extra member `field`; a `503` may name the failed backing service in `component`;
+  `429` (and `503` when retrying may help) carries `Retry-After`.
 * Unknown fields in the bodies of `/api/...` routes are refused (`422`); the original's compat routes
-  ignore them. Request bodies are parsed as JSON whatever their Content-Type.
-* `405` (method not allowed) answers with code `invalid_request`.
+  ignore them.
+* A method a path does not serve answers `405` with code `invalid_request`; an unknown path `404`.
 """
 
 
@@ -96,10 +108,11 @@ def create_app(service: BookingService) -> QuartTrio:
     app.config["QUART_SCHEMA_CONVERSION_PREFERENCE"] = "pydantic"
     QuartSchema(
         app,
-        info={"title": "TicketBlitz", "version": "1", "description": DESCRIPTION},
-        security_schemes={"admin": {"type": "http", "scheme": "bearer"}},
+        info={"title": "TicketBlitz", "version": "1.1", "description": DESCRIPTION},
+        security_schemes=quart_security_schemes(),
         redoc_ui_path=None,
         scalar_ui_path=None,
+        openapi_provider_class=TicketBlitzOpenAPI,
     )
     telemetry = service.telemetry
 
@@ -107,6 +120,14 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.before_request
     async def _start_clock() -> None:
         g.started = time.perf_counter()
+        # Take in the whole body before anything answers (401, 404, 405, a handler that ignores it):
+        # Hypercorn leaves a keep-alive connection stalled when the answer goes out while the body is
+        # still arriving, and the client's next request on it waits forever. (A body announced over
+        # the limit is not read here: the route refuses it with 413 if it reads bodies.)
+        length = request.content_length
+        chunked = length is None and "Transfer-Encoding" in request.headers
+        if chunked or (length and length <= settings.max_body_bytes):
+            await request.get_data(cache=True)
 
     @app.after_request
     async def _record(response: Response) -> Response:
@@ -133,9 +154,11 @@ def create_app(service: BookingService) -> QuartTrio:
         detail = error.description or error.name
         if status == 404:
             detail = f"no route {request.method} {request.path}" if request else "not found"
+        # a 405 must say which methods the path serves (RFC 9110, section 15.5.6)
+        headers = {name: value for name, value in error.get_headers() if name.lower() == "allow"}
         if status == 413:
             detail = f"body: larger than the limit of {settings.max_body_bytes} bytes"
-        return problem_response(status, code, error.name, detail)
+        return problem_response(status, code, error.name, detail, headers=headers or None)
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
@@ -172,11 +195,10 @@ def create_app(service: BookingService) -> QuartTrio:
     # ------------------------------------------------------------------ events
     @app.post("/api/events")
     @tag(["events"])
+    @security_scheme([{"admin": []}])
     @document_request(EventIn)
     @document_response(EventOut, 201)
-    @document_response(Problem, 401)
-    @document_response(Problem, 403)
-    @document_response(Problem, 422)
+    @problems(400, 401, 403, 413, 415, 422, 503)
     async def create_event() -> Response:
         """Create an event and its seats (organizer; needs the admin token)."""
         require_admin()
@@ -187,6 +209,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.get("/api/events")
     @tag(["events"])
     @document_response(EventsOut)
+    @problems(503)
     async def list_events() -> Response:
         """Every event with its counts."""
         return json_response({"events": [event_json(e) for e in await service.events()]})
@@ -194,7 +217,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.get("/api/events/<event_id>")
     @tag(["events"])
     @document_response(EventOut)
-    @document_response(Problem, 404)
+    @problems(404, 503)
     async def get_event(event_id: str) -> Response:
         """One event with its counts."""
         return json_response(event_json(await service.event(event_id)))
@@ -202,7 +225,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.get("/api/events/<event_id>/seats")
     @tag(["events"])
     @document_response(SeatsOut)
-    @document_response(Problem, 404)
+    @problems(404, 503)
     async def get_seats(event_id: str) -> Response:
         """The event's seat map with each seat's status (at most one build stale: see the README)."""
         return Response(await service.seat_map(event_id, "api"), content_type="application/json")
@@ -212,13 +235,9 @@ def create_app(service: BookingService) -> QuartTrio:
     @tag(["bookings"])
     @document_request(BookingIn)
     @document_headers(IdempotencyHeaders)
-    @document_response(BookingOut, 202)
-    @document_response(BookingOut, 200)
-    @document_response(Problem, 404)
-    @document_response(Problem, 409)
-    @document_response(Problem, 422)
-    @document_response(Problem, 429)
-    @document_response(Problem, 503)
+    @document_response(NewBookingOut, 202)
+    @document_response(NewBookingOut, 200)
+    @problems(400, 404, 409, 413, 415, 422, 429, 503)
     async def create_booking(event_id: str) -> Response:
         """Ask for seats: `202` pending (durably queued), `200` on an Idempotency-Key repeat, `409` when
         the edge already knows the answer."""
@@ -226,9 +245,10 @@ def create_app(service: BookingService) -> QuartTrio:
 
     @app.get("/api/bookings/<booking_id>")
     @tag(["bookings"])
+    @security_scheme(BOOKING_OWNER)
     @document_querystring(WaitQuery)
     @document_response(BookingOut)
-    @document_response(Problem, 404)
+    @problems(401, 404, 422, 429, 503)
     async def get_booking(booking_id: str) -> Response:
         """A booking; `?wait=N` long-polls up to N seconds until it leaves `pending`."""
         wait = parse_wait(request.args.get("wait"))
@@ -236,16 +256,18 @@ def create_app(service: BookingService) -> QuartTrio:
 
     @app.post("/api/bookings/<booking_id>/confirm")
     @tag(["bookings"])
+    @security_scheme(BOOKING_OWNER)
     @document_response(BookingOut)
-    @document_response(Problem, 409)
+    @problems(401, 404, 409, 413, 415, 503)
     async def confirm_booking(booking_id: str) -> Response:
         """Buy a held booking: its seats become `sold` (idempotent on a confirmed booking)."""
         return json_response(booking_json(await service.confirm(booking_id, credential())))
 
     @app.post("/api/bookings/<booking_id>/cancel")
     @tag(["bookings"])
+    @security_scheme(BOOKING_OWNER)
     @document_response(BookingOut)
-    @document_response(Problem, 409)
+    @problems(401, 404, 409, 413, 415, 503)
     async def cancel_booking(booking_id: str) -> Response:
         """Release a held booking: its seats become `available`."""
         return json_response(booking_json(await service.cancel(booking_id, credential())))
@@ -253,7 +275,10 @@ def create_app(service: BookingService) -> QuartTrio:
     # ------------------------------------------------------------------ the original's routes
     @tag(["original"])
     @document_request(CompatBookingIn)
+    @document_headers(IdempotencyHeaders)
     @document_response(CompatQueuedOut, 202)
+    @document_response(CompatQueuedOut, 200)
+    @problems(400, 404, 413, 415, 422, 429, 503)
     async def book_async() -> Response:
         """The original's queued path: every valid request is queued (`202`); the booking's final status
         is the outcome."""
@@ -265,9 +290,9 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.post("/api/book-secure")
     @tag(["original"])
     @document_request(CompatBookingIn)
+    @document_headers(IdempotencyHeaders)
     @document_response(CompatBookedOut)
-    @document_response(Problem, 409)
-    @document_response(Problem, 429)
+    @problems(400, 404, 409, 413, 415, 422, 429, 503)
     async def book_secure() -> Response:
         """The original's locked path: seat lock, then store write; `429` while another request holds the lock."""
         return await intake_response(intake.book_secure)
@@ -275,8 +300,9 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.post("/api/book-naive")
     @tag(["original"])
     @document_request(CompatBookingIn)
+    @document_headers(IdempotencyHeaders)
     @document_response(CompatBookedOut)
-    @document_response(Problem, 409)
+    @problems(400, 404, 409, 413, 415, 422, 429, 503)
     async def book_naive() -> Response:
         """The original's unlocked path: read, then conditional write; the store refuses a second buyer."""
         return await intake_response(intake.book_naive)
@@ -285,6 +311,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @tag(["original"])
     @document_querystring(CompatEventQuery)
     @document_response(CompatSeatsOut)
+    @problems(404, 503)
     async def compat_seats() -> Response:
         """The event's seats numbered 1..capacity, status AVAILABLE / LOCKED / BOOKED."""
         event = await service.compat_event(request.args.get("eventId"))
@@ -294,7 +321,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @tag(["original"])
     @document_querystring(CompatEventQuery)
     @document_response(CompatSeatOut)
-    @document_response(Problem, 409)
+    @problems(404, 409, 503)
     async def compat_random_seat() -> Response:
         """The first available seat (`409 sold_out` when none is left)."""
         event = await service.compat_event(request.args.get("eventId"))
@@ -306,6 +333,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.get("/health")
     @tag(["original"])
     @document_response(StatusOut)
+    @problems(503)
     async def compat_health() -> Response:
         """Liveness, as the original answered it."""
         return json_response({"status": "ok"})
@@ -314,6 +342,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.get("/healthz")
     @tag(["operations"])
     @document_response(StatusOut)
+    @problems(503)
     async def healthz() -> Response:
         """200 while the process runs."""
         return json_response({"status": "ok"})
@@ -321,7 +350,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.get("/readyz")
     @tag(["operations"])
     @document_response(ReadyOut)
-    @document_response(Problem, 503)
+    @document_response(ReadyProblem, 503)
     async def readyz() -> Response:
         """200 when store, queue and lock answer; 503 naming the ones that do not."""
         parts = await service.readiness()
@@ -335,6 +364,7 @@ def create_app(service: BookingService) -> QuartTrio:
 
     @app.get("/metrics")
     @tag(["operations"])
+    @problems(503)
     async def metrics() -> Response:
         """Prometheus text exposition."""
         gauges = {"queue_depth": float(service.queue.depth()), "ws_subscribers": float(len(telemetry.subscribers)),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -96,7 +97,9 @@ class IntakeDoor:
         self.closing = trio.Event()
         self.connections = 0  # open connections (the cap counts these)
         self.busy_answers = 0  # connections over the cap being answered 503
-        self._idle: set[trio.CancelScope] = set()  # connections waiting for their next request
+        self._waiting: set[_Connection] = set()  # connections waiting for bytes from their client
+        # how often deadlines are checked: they pass at most this late
+        self.tick = min(0.25, self.header_timeout / 4, self.body_timeout / 4, self.idle_timeout / 4)
         self._busy = _problem_bytes(503, "the server has too many open connections; retry shortly",
                                     (("retry-after", str(BUSY_RETRY_AFTER)),))
 
@@ -104,12 +107,15 @@ class IntakeDoor:
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept until `close()`, then let every connection finish its request in flight."""
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            with trio.CancelScope() as accepting:
-                nursery.start_soon(self._stop_accepting, accepting)
-                await self._accept(listener, nursery)
-            await listener.aclose()
+        async with trio.open_nursery() as door:
+            door.start_soon(self._enforce_deadlines)
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                with trio.CancelScope() as accepting:
+                    nursery.start_soon(self._stop_accepting, accepting)
+                    await self._accept(listener, nursery)
+                await listener.aclose()
+            door.cancel_scope.cancel()  # every connection is closed
 
     async def _stop_accepting(self, scope: trio.CancelScope) -> None:
         await self.closing.wait()
@@ -118,8 +124,19 @@ class IntakeDoor:
     def close(self) -> None:
         """Stop accepting; idle keep-alive connections close now, busy ones after their answer."""
         self.closing.set()
-        for scope in self._idle:
-            scope.cancel()
+        for connection in self._waiting:
+            if connection.phase is Phase.IDLE:
+                connection.scope.cancel()
+
+    async def _enforce_deadlines(self) -> None:
+        """Cancel the connections whose deadline passed while they wait for the client. One sweep every
+        `tick` instead of a cancel scope per receive: that costs more than parsing a request."""
+        while True:
+            await trio.sleep(self.tick)
+            now = trio.current_time()
+            for connection in self._waiting:
+                if connection.deadline <= now:
+                    connection.scope.cancel()
 
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         failures, logged = 0, -ACCEPT_LOG_EVERY
@@ -190,78 +207,89 @@ async def _linger(stream: trio.SocketStream, seconds: float) -> None:
 class _Connection:
     """One client connection: the core's events in, answers out, in order."""
 
-    __slots__ = ("door", "http", "phase", "phase_started", "stream", "upstream", "upstream_used")
+    __slots__ = ("deadline", "door", "http", "phase", "phase_started", "scope", "stream", "upstream",
+                 "upstream_used")
 
     def __init__(self, door: IntakeDoor, stream: trio.SocketStream) -> None:
         self.door = door
         self.stream = stream
         self.http = ServerConnection(door.limits)
+        self.scope = trio.CancelScope()  # cancelled by the door when a deadline passed (or idle at shutdown)
         self.phase: str | None = None  # the phase whose deadline runs, since phase_started
         self.phase_started = 0.0
+        self.deadline = math.inf  # while waiting for the client
         self.upstream: trio.SocketStream | None = None  # to Hypercorn, opened on the first relayed request
         self.upstream_used = False  # it carried a request already (Hypercorn may have closed it since)
 
     async def run(self) -> None:
-        http = self.http
-        request: Request | None = None
-        body: list[bytes] = []
         try:
-            while True:
-                event = http.next_event()
-                kind = type(event)
-                if kind is Data:
-                    body.append(event.data)  # type: ignore[union-attr]
-                elif kind is Request:
-                    request = event  # type: ignore[assignment]
-                    body.clear()
-                elif event is END:
-                    assert request is not None
-                    self.phase = None  # the next request's deadlines start now
-                    if not await self._answer(request, b"".join(body)):
-                        return
-                elif event is NEED_DATA:
-                    if not await self._receive():
-                        return
-                elif kind is Refusal:
-                    await self._refuse(event)  # type: ignore[arg-type]
-                    return
-                else:
-                    assert event is CLOSED
-                    return
+            with self.scope:
+                await self._serve()
+            if self.scope.cancel_called and self.phase is not Phase.IDLE:  # too slow: 408
+                door = self.door
+                what, seconds = ("head", door.header_timeout) if self.phase is Phase.HEAD else \
+                    ("body", door.body_timeout)
+                await self._refuse(Refusal(408, f"the request {what} did not arrive within {seconds:g} s"))
+            # (an idle connection closes quietly)
         finally:
             if self.upstream is not None:
                 await trio.aclose_forcefully(self.upstream)
 
+    async def _serve(self) -> None:
+        http = self.http
+        request: Request | None = None
+        body: list[bytes] = []
+        while True:
+            event = http.next_event()
+            if event is NEED_DATA:
+                if not await self._receive():
+                    return
+            elif isinstance(event, Request):
+                request = event
+                if event.body is None:  # Data and END follow
+                    body.clear()
+                    continue
+                self.phase = None  # the next request's deadlines start now
+                if not await self._answer(event, event.body):
+                    return
+            elif isinstance(event, Data):
+                body.append(event.data)
+            elif event is END:
+                assert request is not None
+                self.phase = None
+                if not await self._answer(request, b"".join(body)):
+                    return
+            elif isinstance(event, Refusal):
+                await self._refuse(event)
+                return
+            else:
+                assert event is CLOSED
+                return
+
     async def _receive(self) -> bool:
-        """Feed the core the client's next bytes; False when the connection is to close (deadline passed,
-        idle at shutdown)."""
+        """Feed the core the client's next bytes; False when the connection is to close (a deadline
+        passed, or idle at shutdown)."""
         door, http = self.door, self.http
         phase = http.phase
         if phase is not self.phase:
             self.phase, self.phase_started = phase, trio.current_time()
-        if phase is Phase.IDLE:
-            if door.closing.is_set():
-                return False
-            deadline = self.phase_started + door.idle_timeout
-        elif phase is Phase.HEAD:
-            deadline = self.phase_started + door.header_timeout
-        else:
-            if http.take_continue():
-                await self.stream.send_all(CONTINUE)
-            deadline = self.phase_started + door.body_timeout
-        with trio.move_on_at(deadline) as scope:
             if phase is Phase.IDLE:
-                door._idle.add(scope)
-            try:
-                data = await self.stream.receive_some(READ_SIZE)
-            finally:
-                door._idle.discard(scope)
-        if scope.cancelled_caught:
-            if phase is not Phase.IDLE:
-                what = "head" if phase is Phase.HEAD else "body"
-                seconds = door.header_timeout if phase is Phase.HEAD else door.body_timeout
-                await self._refuse(Refusal(408, f"the request {what} did not arrive within {seconds:g} s"))
-            return False  # an idle connection closes quietly
+                self.deadline = self.phase_started + door.idle_timeout
+            elif phase is Phase.HEAD:
+                self.deadline = self.phase_started + door.header_timeout
+            else:
+                self.deadline = self.phase_started + door.body_timeout
+        if phase is Phase.IDLE and door.closing.is_set():
+            return False
+        if phase is Phase.BODY and http.take_continue():
+            await self.stream.send_all(CONTINUE)
+        door._waiting.add(self)
+        try:
+            data = await self.stream.receive_some(READ_SIZE)
+        finally:
+            door._waiting.discard(self)
+        if self.scope.cancel_called:  # the deadline passed as the bytes came: too late all the same
+            return False
         http.receive_data(data)
         return True
 

@@ -10,8 +10,10 @@ nothing the client sends makes the parser raise.
     event = conn.next_event()            # Request | Data | END | NEED_DATA | CLOSED | Refusal
 
 Per request: one `Request` (a checked head), `Data` pieces of the decoded body (Content-Length or
-chunked), then `END`; the next `next_event()` starts the next pipelined request when the last one
-kept the connection alive, else it answers CLOSED. After a Refusal the connection is done: answer it
+chunked), then `END`. A request whose whole body came with its head (the common case, and every
+bodiless one) is one event: the `Request` with `body` set, and no `Data` or `END` follow. The next
+`next_event()` starts the next pipelined request when the last one kept the connection alive, else
+it answers CLOSED. After a Refusal the connection is done: answer it
 and close.
 
 What is refused, on complete heads and on heads still arriving alike:
@@ -107,8 +109,8 @@ class Data:
 class Request:
     """A complete, checked request head."""
 
-    __slots__ = ("authority", "body_length", "chunked", "expect_continue", "fields", "form", "headers", "keep_alive",
-                 "method", "path", "query", "raw_path", "target", "upgrade", "version")
+    __slots__ = ("authority", "body", "body_length", "chunked", "expect_continue", "fields", "form", "headers",
+                 "keep_alive", "method", "path", "query", "raw_path", "target", "upgrade", "version")
 
     def __init__(self, method: str, target: str, version: str, form: TargetForm, raw_path: str, path: str,
                  query: str, fields: list[tuple[str, str]], headers: dict[str, str], authority: str) -> None:
@@ -127,6 +129,7 @@ class Request:
         self.chunked = False
         self.expect_continue = False  # Expect: 100-continue (HTTP/1.1)
         self.upgrade: str | None = None  # "websocket" for a websocket handshake (GET, Connection: upgrade)
+        self.body: bytes | None = None  # the whole body when it came with the head (no Data/END follow)
 
     def __repr__(self) -> str:
         return f"Request({self.method} {self.target} HTTP/{self.version})"
@@ -257,7 +260,9 @@ class ServerConnection:
             return self._refuse(431, f"request head larger than {self.limits.max_head_bytes} bytes")
         text = buf[:end + 2].decode("latin-1")  # the request line and every field line, each with its CRLF
         del buf[:end + 4]
-        self._new_head()
+        if self._checked:  # parts of this head were checked as they came
+            self._new_head()
+        self._leading = 0
         return self._parse_head(text)
 
     def _check_incomplete(self) -> Refusal | None:
@@ -341,10 +346,15 @@ class ServerConnection:
             return self._refuse(431, f"more than {limits.max_headers} header fields")
         if len(found) != lines:
             return self._refuse(400, field_problem(text[line_end:]))
-        try:
-            form, raw_path, path, query, authority = parse_target(method, target)
-        except TargetError as exc:
-            return self._refuse(400, str(exc))
+        if target[0] == "/" and "%" not in target and "#" not in target and method != "CONNECT":
+            form, authority = TargetForm.ORIGIN, None  # the common case, inline
+            path, _, query = target.partition("?")
+            raw_path = path
+        else:
+            try:
+                form, raw_path, path, query, authority = parse_target(method, target)
+            except TargetError as exc:
+                return self._refuse(400, str(exc))
         if form is TargetForm.AUTHORITY:
             return self._refuse(405, "CONNECT: this server is no proxy", (("allow", ALLOW),))
         headers: dict[str, str] = {}
@@ -402,11 +412,24 @@ class ServerConnection:
             if size > limits.max_body_bytes:
                 return self._refuse(413, f"body: larger than the limit of {limits.max_body_bytes} bytes")
             request.body_length = size
-            self._state = _BODY  # (an empty body: END next)
+            self._keep_alive = request.keep_alive
+            self._upgrade = request.upgrade is not None
+            buf = self._buf
+            if len(buf) >= size:  # the whole body is here: the request is complete, no Data or END follow
+                if size:
+                    request.body = bytes(buf[:size])
+                    del buf[:size]
+                else:
+                    request.body = b""
+                self._end()
+                return request
+            self._state = _BODY
             self._left = size
+            self._continue = request.expect_continue
+            return request
         self._keep_alive = request.keep_alive
         self._upgrade = request.upgrade is not None
-        self._continue = request.expect_continue and (request.chunked or self._left > 0)
+        self._continue = request.expect_continue
         return request
 
     def _check_coding(self, request: Request, coding: str, length: str | None) -> Refusal | None:

@@ -253,30 +253,41 @@ class ServerConnection:
             if self._eof:
                 return self._refuse(400, "the connection ended inside a request head")
             return NEED_DATA
-        if end + 4 > self.limits.max_head_bytes:
-            refusal = self._check_request_line(buf[:buf.find(b"\r\n")].decode("latin-1"))
-            if refusal is not None:
-                return refusal
-            return self._refuse(431, f"request head larger than {self.limits.max_head_bytes} bytes")
+        size = end + 4
+        if size > self.limits.max_head_bytes:
+            refusal = self._check_incomplete(size)  # what the bytes up to the limit fail, else 431
+            assert refusal is not None
+            return refusal
         text = buf[:end + 2].decode("latin-1")  # the request line and every field line, each with its CRLF
-        del buf[:end + 4]
+        del buf[:size]
+        result = self._parse_head(text)
+        if type(result) is Refusal:
+            # the same bytes arriving one by one would have failed an early check first, if any: that
+            # refusal, so that a request reads the same however it is cut
+            buf[:0] = text.encode("latin-1") + b"\r\n"
+            return self._check_incomplete(size) or result
         if self._checked:  # parts of this head were checked as they came
             self._new_head()
         self._leading = 0
-        return self._parse_head(text)
+        return result
 
-    def _check_incomplete(self) -> Refusal | None:
-        """The checks an incomplete head can already fail, on the bytes that arrived since the last call."""
+    def _check_incomplete(self, size: int = -1) -> Refusal | None:
+        """The checks a head can fail before it is complete, on the bytes that arrived since the last call
+        (of a head of `size` bytes when it is complete). Each check fails at one byte, and the refusal is
+        the one of the earliest such byte: the same whether the head came whole or byte by byte."""
         buf, limits = self._buf, self.limits
-        start, stop = self._checked, len(buf)
+        # a complete head: up to its empty line (whose LF ends no field); past the limit: only the 431
+        end = len(buf) if size < 0 else size - 2
+        size = len(buf) if size < 0 else size
+        start, stop = self._checked, min(end, limits.max_head_bytes)
         self._checked = stop
         if self._first_line < 0:  # the request line is still arriving: visible ASCII and at most two spaces
-            lf = buf.find(b"\n", start)
+            lf = buf.find(b"\n", start, stop)
             if lf >= 0:
                 if lf == 0 or buf[lf - 1] != 13:
                     return self._refuse(400, "a bare LF in the request line")
                 content_end = lf - 1
-            elif buf[stop - 1] == 13:
+            elif stop > start and buf[stop - 1] == 13:
                 content_end = stop - 1  # a CR that must be followed by LF: checked again with the next bytes
                 self._checked = stop - 1
             else:
@@ -304,15 +315,25 @@ class ServerConnection:
                 refusal = self._check_request_line(buf[:content_end].decode("latin-1"))
                 if refusal is not None:
                     return refusal
-        if stop > limits.max_head_bytes:
-            return self._refuse(431, f"request head larger than {limits.max_head_bytes} bytes")
         # every LF must end a CRLF; each ends a line, and every line after the first is a field
         lfs = buf.count(b"\n", start, stop)
+        faults: list[tuple[int, int, str]] = []
         if lfs != buf.count(b"\r\n", max(start - 1, 0), stop):
-            return self._refuse(400, "a bare LF in the request head")
+            lf = buf.find(b"\n", start, stop)
+            while lf > 0 and buf[lf - 1] == 13:
+                lf = buf.find(b"\n", lf + 1, stop)
+            faults.append((lf, 400, "a bare LF in the request head"))
+        if self._lines + lfs - 1 > limits.max_headers:
+            lf = start - 1
+            for _ in range(limits.max_headers + 2 - self._lines):
+                lf = buf.find(b"\n", lf + 1, stop)
+            faults.append((lf, 431, f"more than {limits.max_headers} header fields"))
         self._lines += lfs
-        if self._lines - 1 > limits.max_headers:
-            return self._refuse(431, f"more than {limits.max_headers} header fields")
+        if size > limits.max_head_bytes:
+            faults.append((limits.max_head_bytes, 431, f"request head larger than {limits.max_head_bytes} bytes"))
+        if faults:
+            _, status, detail = min(faults)
+            return self._refuse(status, detail)
         return None
 
     def _check_request_line(self, line: str) -> Refusal | None:

@@ -312,3 +312,25 @@ async def test_a_flood_over_the_connection_cap_gets_503_and_the_server_goes_on(h
                 break
             except AssertionError:
                 await trio.sleep(0.2)
+
+
+async def test_an_unexpected_error_closes_that_connection_only(hostile: Harness, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from ticketblitz import door
+
+    event_id = await _event(hostile)
+    real_route = door._route
+
+    def exploding(method: str, path: str) -> object:
+        if path == "/boom":
+            raise RuntimeError("a bug in the door")
+        return real_route(method, path)
+
+    monkeypatch.setattr(door, "_route", exploding)
+    stream = await connect(hostile)
+    async with stream:
+        await send(stream, b"GET /boom HTTP/1.1\r\n" + H + b"\r\n")
+        raw, closed = await read_until_closed(stream)
+    assert raw == b"" and closed
+    assert any("connection failed" in r.getMessage() and r.exc_info for r in caplog.records)
+    await still_books(hostile, event_id)

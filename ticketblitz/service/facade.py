@@ -247,7 +247,10 @@ class BookingService:
         if stored is not None:
             return stored
         record = await self.admission.pending(booking_id)
-        return record.booking if record is not None else None
+        if record is not None:
+            return record.booking
+        # a consumer may have stored and settled it between the two reads: the store has it now
+        return await self.store.get_booking(booking_id)
 
     async def _owned(self, booking_id: str, credential: str | None) -> Booking:
         """The booking, for the holder of its secret or the admin token (API 1.1): Unauthorized without

@@ -99,14 +99,16 @@ class Store(Protocol):
                      keep_key: bool = True) -> list[tuple[Booking, bool]]:
         """Record bookings as `rejected` with `reason` (no seats), in one transaction: a stored pending
         booking becomes rejected; with `insert`, one not stored yet is inserted rejected (with its
-        Idempotency-Key only when `keep_key`). A booking stored with another status is left as it is;
+        Idempotency-Key) when `keep_key`, else only its *tombstone* is recorded: no booking row, and a
+        later `decide(insert=True)` of that id answers it rejected and stores nothing. A booking stored with another status is left as it is;
         a new one whose Idempotency-Key belongs to another booking yields that booking, unchanged.
         Per booking, (the booking as stored now, whether this call rejected it). NotFound when a booking
         is not stored and `insert` is false, or its event does not exist.
 
         Used for dead letters (`processing_failed`, key kept: a repeat finds the final state) and for
-        tombstones of an enqueue whose outcome is unknown (inserted without key: a Kafka copy that did
-        get written finds it decided and changes nothing, and the client's retry books afresh)."""
+        tombstones of an enqueue whose outcome is unknown (the client heard 503, so no booking may
+        appear: a Kafka copy that did get written is decided rejected and stored nowhere, and the
+        client's retry with its Idempotency-Key books afresh)."""
 
     async def server_key(self, candidate: bytes) -> bytes:
         """The deployment's key for booking secrets: stores `candidate` unless a key is stored already,

@@ -146,7 +146,7 @@ async def invariants(store: Store, event: Event) -> Counts:
 async def test_a_v2_database_migrates_to_v3_with_its_data(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     module = sqlite_store if backend.kind == "sqlite" else postgres_store
     v3 = list(module.MIGRATIONS)
-    assert len(v3) == 3
+    assert len(v3) >= 3
     monkeypatch.setattr(module, "MIGRATIONS", v3[:2])
     old = await backend.open_store()
     event = await create(old, make_event(rows=2, seats_per_row=5))
@@ -172,9 +172,10 @@ async def test_a_v2_database_migrates_to_v3_with_its_data(backend: Backend, monk
 
     monkeypatch.setattr(module, "MIGRATIONS", v3)
     store = await backend.open_store()
-    assert [r[0] for r in await backend.sql("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
+    assert [r[0] for r in await backend.sql("SELECT version FROM schema_version ORDER BY version")] == list(
+        range(1, len(v3) + 1))
     if isinstance(store, PostgresStore):
-        assert store.applied_migrations == [3]
+        assert store.applied_migrations == list(range(3, len(v3) + 1))
 
     waiting = await store.get_booking("bkg_v2_waiting")
     assert waiting == Booking(id="bkg_v2_waiting", event_id=event.id, user_id="u1", quantity=1, created_at=now,
@@ -302,9 +303,12 @@ async def test_reject_inserts_dead_letters_with_their_key_and_tombstones_without
     tomb = pending(event, "u2", key="TB")
     [(buried, changed)] = await store.reject([tomb], "processing_failed", now, insert=True, keep_key=False)
     assert changed and buried.idempotency_key is None and buried.status is BookingStatus.REJECTED
-    assert await store.get_booking(tomb.id) == buried
+    assert await store.get_booking(tomb.id) is None  # a tombstone, not a booking: the client heard 503
     (copy,) = await store.decide([tomb], now + 1, insert=True)  # the Kafka copy that did get written
-    assert copy == buried
+    assert (copy.id, copy.status, copy.reason, copy.seat_ids) == (tomb.id, BookingStatus.REJECTED,
+                                                                 "processing_failed", ())
+    assert await store.get_booking(tomb.id) is None  # decided as rejected, stored nowhere
+    assert await store.reject([tomb], "processing_failed", now, insert=True, keep_key=False) == [(buried, True)]
     retry = pending(event, "u2", key="TB")  # the client's retry books afresh
     assert await store.insert_pending([retry]) == [None]
     assert (await store.decide([retry], now + 2))[0].status is BookingStatus.HELD

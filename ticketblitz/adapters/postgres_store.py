@@ -155,6 +155,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX bookings_edge_due ON bookings (updated_at, id) WHERE edge_due;
     CREATE TABLE server_keys (name text PRIMARY KEY, value bytea NOT NULL);
     """,
+    # 4: tombstones: ids of bookings whose enqueue failed with an unknown outcome (the client heard 503).
+    # No booking row: a copy that reached the queue is decided as rejected and stored nowhere.
+    """
+    CREATE TABLE tombstones (id text PRIMARY KEY, created_at double precision NOT NULL);
+    """,
 ]
 
 
@@ -395,6 +400,10 @@ def _stored_twin(conn: Conn, booking: Booking) -> Booking:
     return found
 
 
+def _tombstoned(conn: Conn, ids: Sequence[str]) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT id FROM tombstones WHERE id = ANY(%s::text[])", (list(ids),))}
+
+
 def _reject(conn: Conn, *, bookings: Sequence[Booking], reason: str, now: float, insert: bool,
             keep_key: bool) -> list[tuple[Booking, bool]]:
     """`Store.reject` in one transaction. Under the same owner locks as `decide`, so that a booking being
@@ -407,6 +416,12 @@ def _reject(conn: Conn, *, bookings: Sequence[Booking], reason: str, now: float,
     missing = [b for i, b in firsts.items() if i not in stored]
     if missing and not insert:
         raise NotFound(f"booking {missing[0].id} is not in the store")
+    buried: dict[str, Booking] = {}
+    if missing and not keep_key:  # tombstones, not bookings: see Store.reject
+        conn.cursor().executemany("INSERT INTO tombstones (id, created_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                  [(b.id, now) for b in missing])
+        buried = {b.id: rejected_booking(b, reason, now, keep_key=False) for b in missing}
+        missing = []
     if missing:
         events = {r[0] for r in conn.execute(
             "SELECT id FROM events WHERE id = ANY(%s::text[])", (list({b.event_id for b in missing}),))}
@@ -434,7 +449,9 @@ def _reject(conn: Conn, *, bookings: Sequence[Booking], reason: str, now: float,
                 twins[b.id] = _stored_twin(conn, b)
     answers = []
     for b in bookings:
-        if b.id in twins:
+        if b.id in buried:
+            answers.append((buried[b.id], True))
+        elif b.id in twins:
             answers.append((twins[b.id], False))
         else:
             answers.append((stored[b.id], b.id in rejected))
@@ -956,6 +973,13 @@ class PostgresStore:
     @staticmethod
     def _decide(conn: Conn, *, bookings: Sequence[Booking], now: float, insert: bool, fences: Fences) -> list[Booking]:
         _serialize_owners(conn, bookings)
+        buried = _tombstoned(conn, [b.id for b in bookings]) if insert else set()
+        if buried:  # answered as rejected, stored nowhere; the others are decided as usual
+            kept = [b for b in bookings if b.id not in buried]
+            rest = iter(PostgresStore._decide(conn, bookings=kept, now=now, insert=insert, fences=fences)
+                        if kept else [])
+            return [rejected_booking(b, "processing_failed", now, keep_key=False) if b.id in buried else next(rest)
+                    for b in bookings]
         if insert:
             _insert_bookings(conn, bookings)
         stored = _bookings_by_id(conn, [b.id for b in bookings])

@@ -128,6 +128,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX bookings_edge_due ON bookings(updated_at, id) WHERE edge_due = 1;
     CREATE TABLE server_keys (name TEXT PRIMARY KEY, value BLOB NOT NULL);
     """,
+    # 4: tombstones: ids of bookings whose enqueue failed with an unknown outcome (the client heard 503).
+    # No booking row: a copy that reached the queue is decided as rejected and stored nowhere.
+    """
+    CREATE TABLE tombstones (id TEXT PRIMARY KEY, created_at REAL NOT NULL) WITHOUT ROWID;
+    """,
 ]
 
 # The seat map documents of `seat_map_json`, built by SQLite: one row, one string, no per-seat Python
@@ -166,6 +171,20 @@ def _booking(row: Sequence[Any]) -> Booking:
 
 def _event(row: Sequence[Any]) -> Event:
     return event_from_row(row, json.loads)
+
+
+def _tombstoned(db: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        found.update(r[0] for r in db.execute(f"SELECT id FROM tombstones WHERE id IN ({','.join('?' * len(part))})",
+                                              part))
+    return found
+
+
+def _buried(booking: Booking, now: float) -> Booking:
+    """A tombstoned booking as `decide` answers it: rejected, its enqueue having failed."""
+    return rejected_booking(booking, "processing_failed", now, keep_key=False)
 
 
 def _json_list(values: Sequence[str]) -> str:
@@ -477,6 +496,10 @@ class SqliteStore:
 
     def _decide(self, db: sqlite3.Connection, bookings: Sequence[Booking], now: float, insert: bool,
                 fences: Fences) -> list[Booking]:
+        buried = _tombstoned(db, [b.id for b in bookings]) if insert else set()
+        if buried:  # answered as rejected, stored nowhere; the others are decided as usual
+            rest = iter(self._decide(db, [b for b in bookings if b.id not in buried], now, insert, fences))
+            return [_buried(b, now) if b.id in buried else next(rest) for b in bookings]
         answers: list[str] = []  # per booking, the id of the stored booking that answers it
         for booking in bookings:
             existing = self._insert(db, booking) if insert else None
@@ -678,6 +701,9 @@ class SqliteStore:
             return rejected_booking(stored, reason, now), True
         if not insert:
             raise NotFound(f"booking {booking.id} is not in the store")
+        if not keep_key:  # a tombstone, not a booking: see Store.reject
+            db.execute("INSERT OR IGNORE INTO tombstones (id, created_at) VALUES (?, ?)", (booking.id, now))
+            return rejected_booking(booking, reason, now, keep_key=False), True
         if db.execute("SELECT 1 FROM events WHERE id = ?", (booking.event_id,)).fetchone() is None:
             raise NotFound(f"event {booking.event_id} of booking {booking.id} does not exist")  # nowhere to record it
         rejected = rejected_booking(booking, reason, now, keep_key=keep_key)

@@ -100,10 +100,11 @@ class Store(Protocol):
         """Record bookings as `rejected` with `reason` (no seats), in one transaction: a stored pending
         booking becomes rejected; with `insert`, one not stored yet is inserted rejected (with its
         Idempotency-Key) when `keep_key`, else only its *tombstone* is recorded: no booking row, and a
-        later `decide(insert=True)` of that id answers it rejected and stores nothing. A booking stored with another status is left as it is;
-        a new one whose Idempotency-Key belongs to another booking yields that booking, unchanged.
-        Per booking, (the booking as stored now, whether this call rejected it). NotFound when a booking
-        is not stored and `insert` is false, or its event does not exist.
+        later `decide(insert=True)` of that id answers it rejected and stores nothing. A booking stored
+        with another status is left as it is; a new one whose Idempotency-Key belongs to another booking
+        yields that booking, unchanged. Per booking, (the booking as stored now, whether this call or a
+        tombstone rejected it). NotFound when a booking is not stored and `insert` is false, or (keeping
+        its key) its event does not exist.
 
         Used for dead letters (`processing_failed`, key kept: a repeat finds the final state) and for
         tombstones of an enqueue whose outcome is unknown (the client heard 503, so no booking may

@@ -490,7 +490,8 @@ def wall_seconds(iso: str) -> float:
 
 
 async def await_decisions(port: int, pending: list[str], burst_end: float, burst_end_wall: float,
-                          concurrency: int, decide_timeout: float) -> tuple[DecideResult, dict[str, dict[str, Any]]]:
+                          concurrency: int, decide_timeout: float, token: str,
+                          ) -> tuple[DecideResult, dict[str, dict[str, Any]]]:
     """Long-poll every pending booking (`?wait=`) from `concurrency` keep-alive connections until each
     is decided or the deadline passes; returns the summary and the last booking object seen per id.
     A booking still pending after one poll goes to the back of the line, so one slow booking never
@@ -509,7 +510,8 @@ async def await_decisions(port: int, pending: list[str], burst_end: float, burst
             while line and trio.current_time() < deadline:
                 booking_id = line.popleft()
                 wait = max(0, min(LONG_POLL_MAX, math.floor(deadline - trio.current_time())))
-                raw = build_request("GET", f"/api/bookings/{booking_id}?wait={wait}", port)
+                # reading a booking needs its secret or the admin token (API 1.1)
+                raw = build_request("GET", f"/api/bookings/{booking_id}?wait={wait}", port, token=token)
                 polls += 1
                 try:
                     with trio.fail_after(wait + 10):
@@ -692,7 +694,7 @@ async def run(args: argparse.Namespace, scenario: Scenario, target: Target) -> R
     if pending:
         print(f"burst done; waiting for {len(pending)} decisions ...", file=sys.stderr, flush=True)
         decisions, final = await await_decisions(port, pending, burst_run.ended_at, burst_end_wall,
-                                                 args.poll_concurrency, args.decide_timeout)
+                                                 args.poll_concurrency, args.decide_timeout, args.admin_token)
         bookings.update(final)
 
     with trio.fail_after(60):

@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -50,6 +50,35 @@ class Harness:
     service: BookingService
     clock: FakeClock
     running: Running
+    secrets: dict[str, str] = field(default_factory=dict)  # booking id -> secret, from the answers seen
+
+    def remember(self, r: httpx.Response) -> httpx.Response:
+        """Keep the secret of the booking a booking answer carries (API 1.1)."""
+        if r.status_code in (200, 202) and r.headers.get("content-type", "").startswith("application/json"):
+            body = r.json()
+            booking = body.get("booking", body) if isinstance(body, dict) else None
+            if isinstance(booking, dict) and "secret" in booking:
+                self.secrets[booking["id"]] = booking["secret"]
+        return r
+
+    def owner(self, booking_id: str) -> dict[str, str]:
+        """The Authorization header of the booking's holder (the admin token for one we saw no secret of)."""
+        secret = self.secrets.get(booking_id)
+        return {"Authorization": f"Bearer {secret}"} if secret is not None else ADMIN
+
+    async def get_booking(self, booking_id: str, wait: float | None = None) -> httpx.Response:
+        params = {"wait": wait} if wait is not None else None
+        return await self.client.get(f"/api/bookings/{booking_id}", params=params, headers=self.owner(booking_id))
+
+    async def confirm(self, booking_id: str) -> httpx.Response:
+        return await self.client.post(f"/api/bookings/{booking_id}/confirm", headers=self.owner(booking_id))
+
+    async def cancel(self, booking_id: str) -> httpx.Response:
+        return await self.client.post(f"/api/bookings/{booking_id}/cancel", headers=self.owner(booking_id))
+
+    async def post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+        """POST JSON to any route, keeping the secret of a booking in the answer."""
+        return self.remember(await self.client.post(path, json=body, headers=headers))
 
     async def create_event(self, *, sections: list[dict[str, Any]] | None = None, rows: int = 10,
                            seats_per_row: int = 10, max_per_user: int = 4, hold_seconds: int = 600,
@@ -63,11 +92,11 @@ class Harness:
 
     async def book(self, event_id: str, body: dict[str, Any], key: str | None = None) -> httpx.Response:
         headers = {"Idempotency-Key": key} if key is not None else {}
-        return await self.client.post(f"/api/events/{event_id}/bookings", json=body, headers=headers)
+        return self.remember(await self.client.post(f"/api/events/{event_id}/bookings", json=body, headers=headers))
 
     async def settle(self, booking_id: str, wait: float = 10.0) -> dict[str, Any]:
         """The booking once it left `pending` (fails the test if it does not within `wait` s)."""
-        r = await self.client.get(f"/api/bookings/{booking_id}", params={"wait": wait})
+        r = await self.get_booking(booking_id, wait)
         assert r.status_code == 200, r.text
         booking = r.json()
         assert booking["status"] != "pending", f"booking {booking_id} still pending after {wait}s"

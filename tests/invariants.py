@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from ticketblitz.domain.model import Booking
+from ticketblitz.domain.model import REJECTION_REASONS, Booking
 
 OWNING = {"held", "confirmed"}
 
@@ -54,7 +54,7 @@ def assert_invariants(event: dict[str, Any], seats: dict[str, str], bookings: Se
     # rejected bookings say why and hold nothing
     for b in bookings:
         if b.status.value == "rejected":
-            assert b.reason in {"seat_unavailable", "sold_out", "limit_exceeded"}
+            assert b.reason in REJECTION_REASONS, f"{b.id} rejected for {b.reason!r}"
             assert b.seat_ids == ()
     return {"counts": counts, "statuses": Counter(b.status.value for b in bookings), "bookings": bookings}
 

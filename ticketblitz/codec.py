@@ -26,6 +26,7 @@ def booking_to_json(booking: Booking) -> bytes:
         "updated_at": booking.updated_at,
         "idempotency_key": booking.idempotency_key,
         "fingerprint": booking.fingerprint,
+        "secret_hash": booking.secret_hash,
     })
 
 
@@ -55,6 +56,7 @@ def booking_from_json(raw: bytes | str) -> Booking:
             updated_at=float(data.get("updated_at") or 0.0),
             idempotency_key=data.get("idempotency_key"),
             fingerprint=data.get("fingerprint"),
+            secret_hash=_optional_text(data.get("secret_hash")),  # absent in messages of before API 1.1
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad booking: {exc}") from None
@@ -67,6 +69,10 @@ def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a non-empty string, got {value!r}")
     return value
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
 
 
 def _number(value: Any) -> float | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "TICKETBLITZ_"
-_SECRETS = {"admin_token", "database_url", "redis_url"}
+_SECRETS = {"admin_token", "database_url", "redis_url", "secret_key"}
 
 
 def _default_static_dir() -> str:
@@ -30,6 +30,7 @@ class Settings:
     demo: bool = False  # create the demo event "The Eras Tour" at start if missing
     static_dir: str = field(default_factory=_default_static_dir)  # the visualizer's files
     admin_token: str = ""  # bearer token of organizer routes; generated and printed once when empty
+    secret_key: str = ""  # key deriving booking secrets of Idempotency-Key requests; empty = one kept in the store
     intake_door: bool = True  # answer booking intake on the lean Trio door; false = Hypercorn answers all
     # --- distributed mode (unset = embedded SQLite, in-process queue and locks)
     database_url: str = ""  # postgresql://… selects the PostgreSQL store
@@ -52,6 +53,11 @@ class Settings:
     shutdown_grace: float = 10.0  # seconds to drain queued work on SIGINT/SIGTERM
     max_wait: float = 30.0  # upper bound of `?wait=` long-polls
     cors_origins: str = ""  # comma-separated origins allowed cross-origin requests; empty = no CORS headers
+    intake_limit: int = 16_384  # booking requests waiting for intake per process; beyond it 429 at once
+    max_long_polls: int = 2_000  # concurrent `?wait=` long-polls per process; beyond it 429
+    max_ws_subscribers: int = 500  # /ws subscribers per process; beyond it the handshake gets 503
+    seat_map_max_age: float = 0.5  # seconds a cached seat map may serve changes made by other processes
+    produce_timeout: float = 2.0  # seconds a Kafka produce may take before intake answers 503
     log_level: str = "info"
 
     @property
@@ -102,11 +108,13 @@ class Settings:
             raise ValueError("kafka_bootstrap: the Kafka queue needs the PostgreSQL store (TICKETBLITZ_DATABASE_URL)")
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes: must be at least 1024")
-        for name in ("store_timeout", "lock_timeout", "sweep_interval", "shutdown_grace", "max_wait"):
+        for name in ("store_timeout", "lock_timeout", "sweep_interval", "shutdown_grace", "max_wait",
+                     "seat_map_max_age", "produce_timeout"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}: must be a positive, finite number of seconds")
-        for name in ("queue_limit", "intake_batch", "consumer_batch", "lock_ttl_ms"):
+        for name in ("queue_limit", "intake_batch", "consumer_batch", "lock_ttl_ms", "intake_limit", "max_long_polls",
+                     "max_ws_subscribers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
         if self.consumers < 0:

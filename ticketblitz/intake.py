@@ -16,7 +16,7 @@ from .domain.rules import request_fingerprint, seat_at_position
 from .policy import check_json_body, cors_headers
 from .representation import booking_json, problem, problem_of
 from .schemas import BookingIn, CompatBookingIn, parse_body, parse_idempotency_key
-from .service import BookingService
+from .service import Accepted, BookingService
 
 log = logging.getLogger("ticketblitz.intake")
 
@@ -59,11 +59,13 @@ async def create_booking(service: BookingService, call: Call, event_id: str) -> 
     """POST /api/events/{event_id}/bookings."""
     key = parse_idempotency_key(call.idempotency_key)
     body = parse_body(BookingIn, call.body)
-    booking, created = await service.request_booking(BookingRequest(
+    accepted = await service.request_booking(BookingRequest(
         event_id=event_id, user_id=body.user_id, quantity=body.quantity or len(body.seat_ids or ()),
         seat_ids=tuple(body.seat_ids or ()), idempotency_key=key, fingerprint=body.fingerprint(),
     ))
-    return Answer(202 if created else 200, booking_json(booking), {"Location": f"/api/bookings/{booking.id}"})
+    booking = accepted.booking
+    return Answer(202 if accepted.created else 200, booking_json(booking, accepted.secret),
+                  {"Location": f"/api/bookings/{booking.id}"})
 
 
 async def _compat_request(service: BookingService, call: Call, admission: str) -> BookingRequest:
@@ -81,22 +83,27 @@ async def _compat_request(service: BookingService, call: Call, admission: str) -
 
 async def book_async(service: BookingService, call: Call) -> Answer:
     """POST /api/book-async and /book: the original's queued path, no edge refusals."""
-    booking, created = await service.request_booking(await _compat_request(service, call, "queue"))
-    body = {"status": "Pending", "message": "Request queued" if created else "Request already queued",
-            "booking": booking_json(booking)}
-    return Answer(202 if created else 200, body, {"Location": f"/api/bookings/{booking.id}"})
+    accepted = await service.request_booking(await _compat_request(service, call, "queue"))
+    booking = accepted.booking
+    body = {"status": "Pending", "message": "Request queued" if accepted.created else "Request already queued",
+            "booking": booking_json(booking, accepted.secret)}
+    return Answer(202 if accepted.created else 200, body, {"Location": f"/api/bookings/{booking.id}"})
 
 
 async def book_secure(service: BookingService, call: Call) -> Answer:
     """POST /api/book-secure: seat lock, then store write."""
-    booking = await service.book_now(await _compat_request(service, call, "edge"), lock=True)
-    return Answer(200, {"success": True, "bookingId": booking.id, "booking": booking_json(booking)})
+    return _booked(await service.book_now(await _compat_request(service, call, "edge"), lock=True))
 
 
 async def book_naive(service: BookingService, call: Call) -> Answer:
     """POST /api/book-naive: read, then conditional write."""
-    booking = await service.book_now(await _compat_request(service, call, "queue"), lock=False)
-    return Answer(200, {"success": True, "bookingId": booking.id, "booking": booking_json(booking)})
+    return _booked(await service.book_now(await _compat_request(service, call, "queue"), lock=False))
+
+
+def _booked(done: Accepted) -> Answer:
+    """The original's answer of its synchronous routes, plus our booking (with its secret)."""
+    booking = done.booking
+    return Answer(200, {"success": True, "bookingId": booking.id, "booking": booking_json(booking, done.secret)})
 
 
 COMPAT_ROUTES = {

@@ -99,8 +99,10 @@ class Store(Protocol):
                      keep_key: bool = True) -> list[tuple[Booking, bool]]:
         """Record bookings as `rejected` with `reason` (no seats), in one transaction: a stored pending
         booking becomes rejected; with `insert`, one not stored yet is inserted rejected (with its
-        Idempotency-Key only when `keep_key`). A booking stored with another status is left as it is.
-        Per booking, (the booking as stored now, whether this call rejected it).
+        Idempotency-Key only when `keep_key`). A booking stored with another status is left as it is;
+        a new one whose Idempotency-Key belongs to another booking yields that booking, unchanged.
+        Per booking, (the booking as stored now, whether this call rejected it). NotFound when a booking
+        is not stored and `insert` is false, or its event does not exist.
 
         Used for dead letters (`processing_failed`, key kept: a repeat finds the final state) and for
         tombstones of an enqueue whose outcome is unknown (inserted without key: a Kafka copy that did
@@ -269,6 +271,10 @@ class Admission(Protocol):
     async def invalidate(self) -> None:
         """Forget the edge state, so that the next call rebuilds it from the store (a follow-up that
         cannot land any other way)."""
+
+    async def stale_admissions(self, older_than: float, limit: int) -> list[Booking]:
+        """Bookings admitted at or before `older_than` (wall clock) and never marked queued: what an intake
+        that died between admission and enqueue left behind (Kafka mode; the embedded adapter has none)."""
 
     async def pending(self, booking_id: str) -> PendingRecord | None:
         """A booking accepted but not yet settled, as the edge recorded it (Kafka mode), else None. The

@@ -42,8 +42,9 @@ def event_json(event: Event) -> dict[str, Any]:
     }
 
 
-def booking_json(booking: Booking) -> dict[str, Any]:
-    return {
+def booking_json(booking: Booking, secret: str | None = None) -> dict[str, Any]:
+    """The booking object of API.md; `secret` only in the answer that created it (or repeats it)."""
+    body = {
         "id": booking.id,
         "event_id": booking.event_id,
         "user_id": booking.user_id,
@@ -56,6 +57,9 @@ def booking_json(booking: Booking) -> dict[str, Any]:
         "created_at": iso_time(booking.created_at),
         "updated_at": iso_time(booking.updated_at),
     }
+    if secret is not None:
+        body["secret"] = secret
+    return body
 
 
 def seat_json(seat: Seat) -> dict[str, Any]:

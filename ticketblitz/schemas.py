@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.config import JsonDict
 
 from .domain.errors import InvalidRequest, MalformedRequest
 from .domain.model import Event, Section, new_event_id
@@ -72,13 +73,24 @@ class EventIn(BaseModel):
         )
 
 
+# "exactly one of seat_ids or quantity", as JSON Schema says it (a null member counts as absent)
+_ONE_OF_SEATS_OR_QUANTITY: JsonDict = {
+    "oneOf": [
+        {"required": ["seat_ids"], "properties": {"seat_ids": {"type": "array"}}},
+        {"required": ["quantity"], "properties": {"quantity": {"type": "integer"}}},
+    ]
+}
+
+
 class BookingIn(BaseModel):
     """Body of POST /api/events/{event_id}/bookings: exactly one of `seat_ids` or `quantity`."""
 
-    model_config = _STRICT
+    model_config = ConfigDict(**_STRICT, json_schema_extra=_ONE_OF_SEATS_OR_QUANTITY)
     user_id: UserId
-    seat_ids: list[SeatIdStr] | None = Field(default=None, min_length=1, max_length=20)
-    quantity: int | None = Field(default=None, ge=1, le=20)
+    seat_ids: list[SeatIdStr] | None = Field(default=None, min_length=1, max_length=20,
+                                             json_schema_extra={"uniqueItems": True},
+                                             description="specific seats: 1..max_per_user distinct ids of this event")
+    quantity: int | None = Field(default=None, ge=1, le=20, description="best available: 1..max_per_user seats")
 
     @model_validator(mode="after")
     def _one_of(self) -> BookingIn:
@@ -102,7 +114,8 @@ class CompatBookingIn(BaseModel):
 
 
 class WaitQuery(BaseModel):
-    wait: float | None = Field(default=None, ge=0, le=30, description="long-poll up to N seconds (0..30)")
+    wait: Annotated[float, Field(ge=0, le=30)] | Literal[""] | None = Field(
+        default=None, description="long-poll up to N seconds (0..30); empty or absent: answer at once")
 
 
 class CompatEventQuery(BaseModel):
@@ -111,7 +124,8 @@ class CompatEventQuery(BaseModel):
 
 class IdempotencyHeaders(BaseModel):
     idempotency_key: str | None = Field(
-        default=None, alias="Idempotency-Key", description="1..128 printable ASCII characters"
+        default=None, alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[\x20-\x7e]+$",
+        description="1..128 printable ASCII characters; a repeat with the same body answers the same booking",
     )
 
 
@@ -160,39 +174,65 @@ class SeatsOut(BaseModel):
 
 
 class BookingOut(BaseModel):
+    """A booking (API.md, "Bookings")."""
+
     id: str
     event_id: str
     user_id: str
     seat_ids: list[str]
     quantity: int
     status: Literal["pending", "held", "confirmed", "rejected", "expired", "cancelled"]
-    reason: Literal["seat_unavailable", "sold_out", "limit_exceeded"] | None
+    reason: Literal["seat_unavailable", "sold_out", "limit_exceeded", "processing_failed"] | None = Field(
+        description="why a booking was rejected (`processing_failed`: it could not be processed after retries)")
     expires_at: str | None
     created_at: str
     updated_at: str
 
 
+class NewBookingOut(BookingOut):
+    """A booking as the request that made it (or an Idempotency-Key repeat) answers it: with its secret."""
+
+    secret: str = Field(
+        min_length=22, pattern=r"^[A-Za-z0-9_-]+$",
+        description="the booking's secret (at least 128 random bits, URL-safe), shown only here: send it as "
+                    "`Authorization: Bearer <secret>` to read, confirm or cancel the booking")
+
+
 class Problem(BaseModel):
-    """application/problem+json (RFC 9457) with the extra member `code`."""
+    """application/problem+json (RFC 9457) with the extra member `code` (see API.md, "Errors")."""
 
     type: str = "about:blank"
     title: str
     status: int
-    code: str
+    code: str = Field(description="what went wrong, for programs: `sold_out`, `invalid_request`, ...")
     detail: str
-    field: str | None = None
+    field: str | None = Field(default=None, description="the member or parameter at fault (400/422)")
+
+
+class UnavailableProblem(Problem):
+    """A problem answer of status 503; `component` names the backing service that failed, when one did."""
+
+    component: str | None = Field(default=None, description="store, queue or lock")
+
+
+class ReadyProblem(UnavailableProblem):
+    """GET /readyz when not ready: the problem, with the state of each backing service."""
+
+    store: str
+    queue: str
+    lock: str
 
 
 class CompatQueuedOut(BaseModel):
     status: Literal["Pending"]
     message: str
-    booking: BookingOut
+    booking: NewBookingOut
 
 
 class CompatBookedOut(BaseModel):
-    success: bool
+    success: Literal[True]
     bookingId: str
-    booking: BookingOut
+    booking: NewBookingOut
 
 
 class CompatSeatOut(BaseModel):
@@ -207,11 +247,11 @@ class CompatSeatsOut(BaseModel):
 
 
 class StatusOut(BaseModel):
-    status: str
+    status: Literal["ok"]
 
 
 class ReadyOut(BaseModel):
-    status: str
+    status: Literal["ready"]
     store: str
     queue: str
     lock: str

@@ -50,7 +50,7 @@ def build_service(settings: Settings, clock: Callable[[], float] | None = None) 
 
         queue = KafkaQueue(settings.kafka_bootstrap, topic=settings.kafka_topic,
                            dlq_topic=f"{settings.kafka_topic}-dlq", group=settings.kafka_group,
-                           consume=settings.consumers > 0)
+                           produce_timeout=settings.produce_timeout, consume=settings.consumers > 0)
     else:
         queue = InProcessQueue(store)
     if settings.redis_url:
@@ -58,7 +58,8 @@ def build_service(settings: Settings, clock: Callable[[], float] | None = None) 
         from .adapters.redis_locks import RedisLocks
 
         locks = RedisLocks(settings.redis_url, timeout=settings.lock_timeout)
-        admission = RedisAdmission(settings.redis_url, timeout=settings.lock_timeout)
+        # admitted_at on the service's clock: the service compares it with its own (stale admissions)
+        admission = RedisAdmission(settings.redis_url, timeout=settings.lock_timeout, clock=clock or time.time)
     else:
         locks = InProcessLocks()
         admission = InProcessAdmission()

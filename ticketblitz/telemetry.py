@@ -19,10 +19,16 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 Frame = dict[str, Any]
 
 
+# Members of frames that only admin subscribers see: who booked (booking ids, user ids, lock owners).
+PRIVATE_MEMBERS = frozenset({"id", "booking_id", "user_id", "owner"})
+
+
 class Subscriber:
-    """One websocket's view of the frames, optionally filtered to one event."""
+    """One websocket's view of the frames, optionally filtered to one event. Anonymous unless it showed
+    the admin token: then it also sees booking ids and user ids."""
 
     def __init__(self, event_filter: str | None, limit: int) -> None:
+        self.admin = False
         self.event_filter = event_filter
         self.limit = limit
         self.frames: deque[Frame] = deque()
@@ -84,9 +90,17 @@ class Telemetry:
         self.latency_count += 1
 
     def publish(self, kind: str, **data: Any) -> None:
+        """A frame to every subscriber; anonymous ones get it without its private members."""
         frame: Frame = {"type": kind, "ts": _iso(self.clock()), **data}
+        public: Frame | None = None
         for sub in self.subscribers:
-            if not sub.offer(frame):
+            if sub.admin:
+                offered = frame
+            else:
+                if public is None:
+                    public = {k: v for k, v in frame.items() if k not in PRIVATE_MEMBERS}
+                offered = public
+            if not sub.offer(offered):
                 self.frames_dropped += 1
 
     def booking(self, booking: Any) -> None:

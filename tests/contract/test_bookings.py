@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import trio
-from conftest import Harness
+from conftest import ADMIN, Harness
 from invariants import check_invariants
 
 
@@ -41,11 +41,11 @@ async def test_named_seats_held_then_confirmed_then_sold(harness: Harness) -> No
     assert r.json()["seat_ids"] == ["A-1-1", "A-1-2"]
     booking = await harness.settle(r.json()["id"])
     assert booking["status"] == "held"
-    r = await harness.client.post(f"/api/bookings/{booking['id']}/confirm")
+    r = await harness.confirm(booking['id'])
     assert r.status_code == 200 and r.json()["status"] == "confirmed"
-    again = await harness.client.post(f"/api/bookings/{booking['id']}/confirm")
+    again = await harness.confirm(booking['id'])
     assert again.status_code == 200 and again.json()["status"] == "confirmed"  # idempotent
-    cancel = await harness.client.post(f"/api/bookings/{booking['id']}/cancel")
+    cancel = await harness.cancel(booking['id'])
     assert cancel.status_code == 409 and cancel.json()["code"] == "invalid_transition"
     summary = await check_invariants(harness, event["id"])
     assert summary["counts"] == {"available": 98, "held": 0, "sold": 2}
@@ -55,11 +55,11 @@ async def test_cancel_releases_the_seats(harness: Harness) -> None:
     event = await harness.create_event()
     r = await harness.book(event["id"], {"user_id": "u1", "seat_ids": ["A-1-1"]})
     booking = await harness.settle(r.json()["id"])
-    r = await harness.client.post(f"/api/bookings/{booking['id']}/cancel")
+    r = await harness.cancel(booking['id'])
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
-    r = await harness.client.post(f"/api/bookings/{booking['id']}/confirm")
+    r = await harness.confirm(booking['id'])
     assert r.status_code == 409 and r.json()["code"] == "invalid_transition"
-    r = await harness.client.post(f"/api/bookings/{booking['id']}/cancel")
+    r = await harness.cancel(booking['id'])
     assert r.status_code == 409
     # the seat can be booked again, by someone else
     r = await harness.book(event["id"], {"user_id": "u2", "seat_ids": ["A-1-1"]})
@@ -115,9 +115,10 @@ async def test_idempotency_key_replays_and_conflicts(harness: Harness) -> None:
     assert same.json()["id"] == first.json()["id"]
     other = await harness.book(event["id"], {"user_id": "u1", "seat_ids": ["A-1-3"]}, key="k-1")
     assert other.status_code == 422 and other.json()["code"] == "idempotency_conflict"
+    assert same.json()["secret"] == first.json()["secret"]  # a repeat hands the same secret back
     decided = await harness.settle(first.json()["id"])
     replay = await harness.book(event["id"], body, key="k-1")
-    assert replay.status_code == 200 and replay.json() == decided
+    assert replay.status_code == 200 and replay.json() == {**decided, "secret": first.json()["secret"]}
     # keys are scoped to the event
     event2 = await harness.create_event(name="Other night")
     elsewhere = await harness.book(event2["id"], body, key="k-1")
@@ -130,15 +131,15 @@ async def test_long_poll_answers_when_decided_or_after_the_wait(harness: Harness
     event = await harness.create_event()
     r = await harness.book(event["id"], {"user_id": "u1", "quantity": 1})
     start = trio.current_time()
-    got = await harness.client.get(f"/api/bookings/{r.json()['id']}", params={"wait": 10})
+    got = await harness.get_booking(r.json()["id"], wait=10)
     assert got.json()["status"] == "held"
     assert trio.current_time() - start < 5
-    plain = await harness.client.get(f"/api/bookings/{r.json()['id']}")
+    plain = await harness.get_booking(r.json()["id"])
     assert plain.json()["status"] == "held"
-    missing = await harness.client.get("/api/bookings/bkg_nope", params={"wait": 1})
+    missing = await harness.get_booking("bkg_nope", wait=1)
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     for path in ("/api/bookings/bkg_nope/confirm", "/api/bookings/bkg_nope/cancel"):
-        r = await harness.client.post(path)
+        r = await harness.client.post(path, headers=ADMIN)
         assert r.status_code == 404 and r.json()["code"] == "not_found"
 
 
@@ -148,10 +149,10 @@ async def test_hold_expires_and_seats_return(harness: Harness) -> None:
     booking = await harness.settle(r.json()["id"])
     assert booking["status"] == "held"
     harness.clock.advance(5.0)  # exactly at expires_at the hold has lapsed
-    r = await harness.client.post(f"/api/bookings/{booking['id']}/confirm")
+    r = await harness.confirm(booking['id'])
     assert r.status_code == 409 and r.json()["code"] == "invalid_transition"
     with trio.fail_after(10):  # the sweeper runs every 50 ms in tests
-        while (await harness.client.get(f"/api/bookings/{booking['id']}")).json()["status"] != "expired":  # noqa: ASYNC110
+        while (await harness.get_booking(booking["id"])).json()["status"] != "expired":  # noqa: ASYNC110
             await trio.sleep(0.02)
     summary = await check_invariants(harness, event["id"])
     assert summary["counts"]["available"] == 100
@@ -168,7 +169,7 @@ async def test_hold_within_its_time_can_be_confirmed(harness: Harness) -> None:
     harness.clock.advance(4.9)
     expired = await harness.service.expire_lapsed_holds()
     assert expired == []
-    r = await harness.client.post(f"/api/bookings/{booking['id']}/confirm")
+    r = await harness.confirm(booking['id'])
     assert r.status_code == 200 and r.json()["status"] == "confirmed"
     harness.clock.advance(3600)
     assert await harness.service.expire_lapsed_holds() == []  # confirmed seats never lapse

@@ -107,7 +107,7 @@ async def final_state(client: httpx.AsyncClient, event_id: str, ids: list[str], 
     bookings: list[dict[str, Any]] = []
 
     async def one(i: str) -> None:
-        r = await client.get(f"/api/bookings/{i}", params={"wait": wait})
+        r = await client.get(f"/api/bookings/{i}", params={"wait": wait}, headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 200, r.text
         bookings.append(r.json())
 

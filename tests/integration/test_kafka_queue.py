@@ -3,6 +3,10 @@
 The module creates its own topics (`tbtest-<hex>`, 3 partitions, and its `-dlq`) and deletes them at the
 end; each test uses its own consumer group, started at the current end of the topic, so that tests never
 read each other's messages nor disturb the application's `booking-requests` / `booking-group`.
+
+The shared broker is never stopped: a broker that dies and comes back is played by a TCP proxy in front
+of it (tcp_proxy.py) that resets every connection and refuses new ones, then listens again. The proxy
+rewrites the broker's address in metadata replies, so that the clients keep talking through it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
+from tcp_proxy import TcpProxy, advertise
 
 from ticketblitz.adapters.kafka_queue import KafkaQueue, message_key
 from ticketblitz.codec import booking_from_json, booking_to_json
@@ -30,6 +35,7 @@ from ticketblitz.domain.model import Booking, new_booking_id
 BOOTSTRAP_ENV = "TICKETBLITZ_KAFKA_BOOTSTRAP"
 PARTITIONS = 3
 TIMEOUT = 5.0  # the queue's broker timeout in these tests
+PRODUCE_TIMEOUT = 2.0  # the queue's produce deadline in these tests (the default)
 UNREACHABLE = "127.0.0.1:1"
 
 OpenQueue = Callable[..., Awaitable[KafkaQueue]]
@@ -134,7 +140,7 @@ async def open_queue(kafka: KafkaTopics) -> AsyncIterator[OpenQueue]:
 
     async def open_queue(group: str, **options: Any) -> KafkaQueue:
         queue = KafkaQueue(kafka.bootstrap, topic=kafka.topic, dlq_topic=kafka.dlq, group=group,
-                           timeout=TIMEOUT, **options)
+                           timeout=TIMEOUT, produce_timeout=PRODUCE_TIMEOUT, **options)
         await queue.open()
         opened.append(queue)
         return queue
@@ -149,7 +155,7 @@ def booking(event_id: str, n: int, seat: str | None = None) -> Booking:
     now = time.time()
     return Booking(id=new_booking_id(), event_id=event_id, user_id=f"user-{n}", quantity=1,
                    requested_seats=(seat,) if seat else (), created_at=now, updated_at=now,
-                   idempotency_key=f"key-{n}", fingerprint=f"fp-{n}")
+                   idempotency_key=f"key-{n}", fingerprint=f"fp-{n}", secret_hash=f"{n:064x}")
 
 
 def bookings_of(event_id: str, count: int) -> list[Booking]:
@@ -234,13 +240,20 @@ async def test_keys_keep_an_event_in_one_partition(kafka: KafkaTopics, group: st
     assert {by_id[b.id].key for b in named} == {f"evt_named:B-2-{n}".encode() for n in range(1, 11)}
 
 
-async def test_enqueue_against_an_unreachable_broker_is_unavailable_within_the_timeout() -> None:
-    queue = KafkaQueue(UNREACHABLE, timeout=2.0, consume=False)
-    started = time.monotonic()
-    with pytest.raises(Unavailable) as raised:
-        await queue.enqueue([booking("evt_down", 1)])
-    assert raised.value.component == "queue"
-    assert time.monotonic() - started < 2.0 + 1.5
+async def test_enqueue_against_an_unreachable_broker_is_unavailable_within_the_produce_timeout() -> None:
+    """Nothing listens at the bootstrap address: enqueue and requeue answer within `produce_timeout`,
+    whatever the (longer) timeout of the other calls."""
+    queue = KafkaQueue(UNREACHABLE, timeout=10.0, produce_timeout=1.0, consume=False)
+    assert queue.durable_in_store is False
+    for call in (queue.enqueue, queue.requeue, queue.enqueue):
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as raised:
+            await call([booking("evt_down", 1)])
+        elapsed = time.monotonic() - started
+        print(f"\n{call.__name__} with no broker: Unavailable after {elapsed:.2f}s (produce_timeout 1.0s)")
+        assert raised.value.component == "queue"
+        assert elapsed < 1.0 + 1.0
+    await queue.close()
 
 
 async def test_open_against_an_unreachable_broker_is_unavailable() -> None:
@@ -273,6 +286,22 @@ async def test_an_intake_only_queue_produces_but_never_takes(group: str, open_qu
     await queue.ping()
     assert await nothing_more(queue, 0.5)
     assert await queue.lag() == 0
+
+
+async def test_requeue_produces_a_booking_again(kafka: KafkaTopics, group: str, open_queue: OpenQueue) -> None:
+    """A repeat found a booking that may be in no queue: produced again, it is delivered again (a
+    duplicate the store's idempotent decide absorbs)."""
+    queue = await open_queue(group)
+    sent = bookings_of("evt_requeue", 3)
+    await queue.enqueue(sent)
+    assert await take(queue, 3) == sent
+    await queue.requeue(sent[1:])
+    assert queue.requeued == 2 and queue.produced == 3
+    again = await take(queue, 2)
+    assert again == sent[1:]
+    assert again[0].secret_hash == sent[1].secret_hash  # the whole booking travels, its secret's hash too
+    assert await nothing_more(queue)
+    await queue.requeue([])
 
 
 # ====================================================================== offsets
@@ -477,6 +506,72 @@ async def test_a_rebalance_hands_over_only_the_unacked_bookings_of_moved_partiti
     await one.ack(unacked)  # the late ack: counts for the kept partitions, nothing for the moved ones
     assert one.depth() == two.depth() == 0
     assert await in_thread(kafka.committed, group) == await in_thread(kafka.end_offsets)
+
+
+# ====================================================================== a broker that goes away and comes back
+async def test_a_broker_that_goes_away_costs_a_quick_503_and_everything_resumes_when_it_is_back(
+        kafka: KafkaTopics, group: str, nursery: trio.Nursery) -> None:
+    """The broker's connections reset and its port refuses (as after a kill -9), then it is back: intake
+    answers Unavailable within about `produce_timeout` meanwhile, consumers wait it out, and afterwards
+    the same producer and consumer (no restart) produce, take and commit again."""
+    host, port = kafka.bootstrap.rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    await nursery.start(proxy.run)
+    proxy.rewrite = advertise(kafka.bootstrap, proxy.address)
+    queue = KafkaQueue(proxy.address, topic=kafka.topic, dlq_topic=kafka.dlq, group=group, timeout=TIMEOUT,
+                       produce_timeout=PRODUCE_TIMEOUT)
+    try:
+        await queue.open()
+        before = await take_after(queue, bookings_of("evt_outage", 6), ack=3)
+
+        await proxy.cut()
+        for attempt in range(3):
+            started = time.monotonic()
+            with pytest.raises(Unavailable):
+                await queue.enqueue([booking("evt_outage", 100 + attempt)])
+            elapsed = time.monotonic() - started
+            print(f"\nenqueue {attempt + 1} while the broker is gone: Unavailable after {elapsed:.2f}s")
+            assert elapsed < PRODUCE_TIMEOUT + 1.0
+        await queue.ack(before[3:])  # decided meanwhile: the commit fails, is logged, goes out later
+        assert await nothing_more(queue, 1.0)  # the consumer waits, it does not fail
+
+        await proxy.restore()
+        restored = time.monotonic()
+        after = bookings_of("evt_outage", 5)
+        with trio.fail_after(30):
+            while True:
+                try:
+                    await queue.enqueue(after)
+                    break
+                except Unavailable:
+                    await trio.sleep(0.1)
+        print(f"enqueue works again {time.monotonic() - restored:.2f}s after the broker is back")
+        seen: dict[str, Booking] = {}
+        with trio.fail_after(60):
+            while not all(b.id in seen for b in after):
+                batch = await queue.take_batch(64)
+                await queue.ack(batch)
+                seen.update((b.id, b) for b in batch)
+        print(f"the consumer took them {time.monotonic() - restored:.2f}s after the broker is back "
+              f"({len(seen) - len(after)} redelivered)")
+        assert set(seen) <= {b.id for b in before + after}
+        with trio.fail_after(30):
+            while await in_thread(kafka.committed, group) != await in_thread(kafka.end_offsets):
+                await queue.ack([])  # commits what the outage kept back
+                await trio.sleep(0.2)
+        assert queue.depth() == 0
+        assert proxy.connections > 0
+    finally:
+        await queue.close()
+
+
+async def take_after(queue: KafkaQueue, sent: list[Booking], *, ack: int) -> list[Booking]:
+    """Enqueue `sent` (one partition), take them all and ack the first `ack`."""
+    await queue.enqueue(sent)
+    taken = await take(queue, len(sent), ack=False)
+    assert taken == sent
+    await queue.ack(taken[:ack])
+    return taken
 
 
 # ====================================================================== throughput

@@ -29,6 +29,7 @@ from ticketblitz.adapters.sqlite_store import SqliteStore
 from ticketblitz.domain import rules
 from ticketblitz.domain.errors import InvalidTransition, NotFound, Unavailable
 from ticketblitz.domain.model import (
+    REJECTION_REASONS,
     Booking,
     BookingStatus,
     Counts,
@@ -152,7 +153,7 @@ async def check_invariants(store: PostgresStore, event: Event) -> Counts:
                 expected = SeatStatus.HELD if b.status is BookingStatus.HELD else SeatStatus.SOLD
                 assert seats[seat] is expected
         elif b.status is BookingStatus.REJECTED:
-            assert b.reason in {"seat_unavailable", "sold_out", "limit_exceeded"} and b.seat_ids == ()
+            assert b.reason in REJECTION_REASONS and b.seat_ids == ()
     assert all(seat in owner for seat, status in seats.items() if status is not SeatStatus.AVAILABLE)
     counts = stored.counts
     assert counts.total == stored.capacity == len(seats)

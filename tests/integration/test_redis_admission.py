@@ -1,6 +1,7 @@
 """Edge admission against a real Redis: the rules of EdgeInventory (tests/unit/test_inventory.py) run as
 ONE test body against both RedisAdmission and InProcessAdmission, then what only Redis has: pending
-records, one round trip per batch, rebuild from a real store after FLUSHDB, several processes at once.
+records, one round trip per batch, rebuild from a real store after FLUSHDB, several processes at once,
+and a Redis that stalls (a TCP proxy that stops forwarding) or is cut off.
 
 Needs TICKETBLITZ_REDIS_URL (`eval "$(bash scripts/services.sh env)"`) and fails, never skips, without
 it. Works in its own database (conftest_redis.ADMISSION_DB), emptied before each test.
@@ -15,20 +16,30 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
 import redis
 import trio
 from conftest_redis import ADMISSION_DB, client, flushdb, redis_test_url
+from tcp_proxy import TcpProxy
 
 from ticketblitz.adapters.memory_admission import InProcessAdmission
-from ticketblitz.adapters.redis_admission import RedisAdmission, edge_key, pending_key
+from ticketblitz.adapters.redis_admission import (
+    READY_KEY,
+    RedisAdmission,
+    _admit_request,
+    abandoned_key,
+    edge_key,
+    pending_key,
+)
 from ticketblitz.adapters.sqlite_store import SqliteStore
+from ticketblitz.codec import booking_to_json
 from ticketblitz.domain.errors import BookingError, LimitExceeded, SeatUnavailable, SoldOut, Unavailable
 from ticketblitz.domain.model import Booking, BookingStatus, Event, Section, new_event_id
 from ticketblitz.domain.rules import SeatPicker, decide, seat_map
-from ticketblitz.ports import AdmitItem, AdmitResult
+from ticketblitz.ports import AdmitItem, AdmitResult, PendingRecord
 
 EVT = "evt_1"
 
@@ -76,6 +87,21 @@ class Edge:
 
     async def withdraw(self, b: Booking) -> None:
         await self.admission.withdraw([b])
+
+    async def abandon(self, *bookings: Booking) -> None:
+        await self.admission.abandon(bookings)
+
+    async def mark_queued(self, *bookings: Booking) -> None:
+        await self.admission.mark_queued(bookings)
+
+    def key_owner(self, key: str, event: str = EVT) -> str | None:
+        """The booking an Idempotency-Key names at the edge now."""
+        if isinstance(self.admission, InProcessAdmission):
+            owner = self.admission._keys.get((event, key))
+            return owner[0] if owner else None
+        assert self.raw is not None
+        value = self.raw.hget(edge_key(event, "keys"), key)
+        return str(value).split(" ")[0] if value else None
 
     def stock(self, event: str = EVT) -> Stock:
         if isinstance(self.admission, InProcessAdmission):
@@ -367,11 +393,133 @@ async def test_withdraw_frees_only_its_own_key(edge: Edge) -> None:
     assert await edge.admit(booking("b3", "u", 1, key="k1")) is None
 
 
+# ---------------------------------------------------------------------- abandon, mark_queued, release, both adapters
+async def test_abandon_undoes_an_admission_the_queue_never_acknowledged(edge: Edge) -> None:
+    await edge.add_event()
+    b1 = booking("b1", "u", seats=("A-1-1", "A-1-2"), key="k1", fingerprint="fp")
+    assert await edge.admit(b1) is None
+    await edge.abandon(b1)
+    assert edge.stock() == Stock(10, {}, {})
+    assert not edge.has_reservation("b1") and edge.key_owner("k1") is None
+    assert await edge.admit(booking("b2", "v", seats=("A-1-1",), key="k1")) is None  # the retry books afresh
+
+
+async def test_abandon_leaves_a_queued_booking_alone(edge: Edge) -> None:
+    await edge.add_event()
+    b1, b2 = booking("b1", "u", 2, key="k1"), booking("b2", "v", 1, key="k2")
+    assert await edge.admit(b1) is None
+    assert await edge.admit(b2) is None
+    await edge.mark_queued(b1)
+    await edge.abandon(b1, b2)
+    assert edge.stock() == Stock(8, {}, {"u": 2})
+    assert edge.has_reservation("b1") and not edge.has_reservation("b2")
+    assert edge.key_owner("k1") == "b1" and edge.key_owner("k2") is None
+    assert await edge.settle(b1, ("A-1-1", "A-1-2"))  # decided as usual
+
+
+async def test_abandon_is_idempotent_and_harmless_for_admissions_that_never_happened(edge: Edge) -> None:
+    await edge.add_event(available=2)
+    b1 = booking("b1", "u", 1, key="k1")
+    assert await edge.admit(b1) is None
+    refused = booking("b2", "v", 3)
+    assert isinstance(await edge.admit(refused), SoldOut)
+    repeat = booking("b3", "u", 1, key="k1")  # a repeat of b1's key: admitted nothing
+    (result,) = await edge.admission.admit([AdmitItem(repeat)])
+    assert result.repeat_of == "b1"
+    await edge.abandon(refused, repeat, booking("never", "w", 1))
+    assert edge.stock() == Stock(1, {}, {"u": 1}) and edge.key_owner("k1") == "b1"
+    await edge.abandon(b1)
+    await edge.abandon(b1)
+    assert edge.stock() == Stock(2, {}, {}) and edge.key_owner("k1") is None
+
+
+async def test_mark_queued_and_abandon_leave_settled_bookings_alone(edge: Edge) -> None:
+    """A produce that timed out may still have been written, and decided before the abandon came."""
+    await edge.add_event()
+    b1 = booking("b1", "u", 1, key="k1")
+    assert await edge.admit(b1) is None
+    assert await edge.settle(b1, ("A-1-1",))
+    await edge.mark_queued(b1, booking("never", "v", 1))
+    await edge.abandon(b1)  # settled: nothing left to undo, its seat stays taken, its key names it
+    assert edge.stock() == Stock(9, {"A-1-1": "b1"}, {"u": 1})
+    assert edge.key_owner("k1") == "b1"
+
+
+async def test_withdraw_undoes_even_a_queued_booking(edge: Edge) -> None:
+    await edge.add_event()
+    b1 = booking("b1", "u", 2, key="k1")
+    assert await edge.admit(b1) is None
+    await edge.mark_queued(b1)
+    await edge.withdraw(b1)
+    assert edge.stock() == Stock(10, {}, {}) and edge.key_owner("k1") is None
+
+
+async def test_a_second_release_changes_nothing(edge: Edge) -> None:
+    await edge.add_event()
+    b1 = booking("b1", "u", 2)
+    assert await edge.admit(b1) is None
+    assert await edge.settle(b1, ("A-1-1", "A-1-2"))
+    await edge.release(b1, ("A-1-1", "A-1-2"))
+    assert edge.stock() == Stock(10, {}, {})
+    await edge.release(b1, ("A-1-1", "A-1-2"))
+    assert edge.stock() == Stock(10, {}, {})
+
+
+async def test_a_repeated_release_leaves_a_seat_taken_meanwhile_alone(edge: Edge) -> None:
+    await edge.add_event()
+    b1, b2 = booking("b1", "u", seats=("A-1-1",)), booking("b2", "v", seats=("A-1-1",))
+    assert await edge.admit(b1) is None
+    assert await edge.settle(b1, ("A-1-1",))
+    await edge.release(b1, ("A-1-1",))
+    assert await edge.admit(b2) is None
+    await edge.release(b1, ("A-1-1",))  # retried: b2 keeps the seat, the counters do not move
+    assert edge.stock() == Stock(9, {"A-1-1": "b2"}, {"v": 1})
+    assert isinstance(await edge.admit(booking("b3", "w", seats=("A-1-1",))), SeatUnavailable)
+
+
+async def test_a_release_counts_only_the_seats_still_taken(edge: Edge) -> None:
+    await edge.add_event()
+    b1 = booking("b1", "u", 3)
+    assert await edge.admit(b1) is None
+    assert await edge.settle(b1, ("A-1-1", "A-1-2", "A-1-3"))
+    await edge.release(b1, ("A-1-1",))
+    await edge.release(b1, ("A-1-1", "A-1-2", "A-1-2", "A-9-9"))
+    assert edge.stock() == Stock(9, {"A-1-3": "b1"}, {"u": 1})
+
+
+async def test_a_release_gives_back_a_reservation_whose_settle_never_landed(edge: Edge) -> None:
+    await edge.add_event()
+    b1 = booking("b1", "u", seats=("A-1-1", "A-1-2"))
+    assert await edge.admit(b1) is None
+    await edge.release(b1, ("A-1-1", "A-1-2"))  # held and cancelled in the store; the edge never heard
+    assert edge.stock() == Stock(10, {}, {}) and not edge.has_reservation("b1")
+    assert await edge.settle(b1, ("A-1-1", "A-1-2")) is False  # the late settle changes nothing
+    assert edge.stock() == Stock(10, {}, {})
+
+
+async def test_invalidate_rebuilds_from_the_store_at_the_next_call(edge: Edge, store: SqliteStore) -> None:
+    event, stamped = await _store_with_history(store)
+    await edge.admission.invalidate()  # the edge was built before the store had this history
+    assert await edge.settle(booking("unknown", "z", 1, event=event.id), ()) is False
+    rebuilt = edge.stock(event.id)
+    assert rebuilt.remaining == 3
+    edge_only = booking("edge-only", "y", 2, event=event.id, key="k-y")
+    assert await edge.admit(edge_only) is None  # admitted, never stored (its enqueue failed, say)
+    await edge.release(stamped["held_v"], ("A-1-1", "A-1-2"))  # a release the store never made
+    assert edge.stock(event.id) != rebuilt
+    await edge.admission.invalidate()
+    assert await edge.settle(booking("unknown", "z", 1, event=event.id), ()) is False  # the next call rebuilds
+    assert edge.stock(event.id) == rebuilt
+    assert not edge.has_reservation("edge-only", event.id) and edge.key_owner("k-y", event.id) is None
+    assert edge.key_owner("k-w", event.id) == "bkg_pending_w"
+
+
 # ---------------------------------------------------------------------- randomized, both side by side
 @pytest.mark.parametrize("seed", range(8))
 async def test_random_operations_answer_like_the_in_process_adapter(seed: int, url: str, store: SqliteStore) -> None:
-    """The same random admits, settles (decided by the real rules), releases and withdraws on both
-    adapters: the same answers and the same bookkeeping after every step."""
+    """The same random admits, queue acknowledgements, settles (decided by the real rules), releases (also
+    repeated), withdraws and abandons on both adapters: the same answers and the same bookkeeping after
+    every step."""
     rng = random.Random(seed)
     max_per_user = rng.randint(1, 4)
     sections = tuple(Section(f"S{i}", rng.randint(1, 3), rng.randint(1, 6)) for i in range(rng.randint(1, 3)))
@@ -386,10 +534,12 @@ async def test_random_operations_answer_like_the_in_process_adapter(seed: int, u
         await e.add_event(available=event.capacity, max_per_user=max_per_user)
 
     pending: dict[str, Booking] = {}
+    queued: set[str] = set()
     held: dict[str, tuple[Booking, tuple[str, ...]]] = {}
-    for step in range(150):
+    released: dict[str, tuple[Booking, tuple[str, ...]]] = {}
+    for step in range(200):
         op = rng.random()
-        if op < 0.5:
+        if op < 0.4:
             user = rng.choice(users)
             seats: tuple[str, ...] = ()
             if rng.random() < 0.5:
@@ -404,8 +554,14 @@ async def test_random_operations_answer_like_the_in_process_adapter(seed: int, u
             assert (got.error and got.error.detail) == (expected.error and expected.error.detail)
             if got.error is None and got.repeat_of is None:
                 pending[b.id] = b
-        elif op < 0.75 and pending:
+        elif op < 0.5 and pending:
+            b = pending[rng.choice(sorted(pending))]
+            queued.add(b.id)
+            for e in (memory, red):
+                await e.mark_queued(b)
+        elif op < 0.65 and pending:
             b = pending.pop(rng.choice(sorted(pending)))
+            queued.discard(b.id)
             owned = {s for _, ss in held.values() for s in ss}
             picker = SeatPicker(r for r in seat_map(event) if r.id not in owned)
             user_owned = sum(len(ss) for hb, ss in held.values() if hb.user_id == b.user_id)
@@ -414,12 +570,27 @@ async def test_random_operations_answer_like_the_in_process_adapter(seed: int, u
             if got_seats:
                 held[b.id] = (b, got_seats)
             assert [await e.settle(b, got_seats) for e in (memory, red)] == [True, True]
-        elif op < 0.85 and pending:
+        elif op < 0.7 and pending:
             b = pending.pop(rng.choice(sorted(pending)))
+            queued.discard(b.id)
             for e in (memory, red):
                 await e.withdraw(b)
+        elif op < 0.8 and pending:
+            # an enqueue failed (or an admit's answer was lost): undone unless the queue has it
+            b = pending[rng.choice(sorted(pending))]
+            if b.id not in queued:
+                del pending[b.id]
+            for e in (memory, red):
+                await e.abandon(b)
+        elif op < 0.9 and released:
+            b, ss = released[rng.choice(sorted(released))]  # a retried release: changes nothing
+            before = red.stock()
+            for e in (memory, red):
+                await e.release(b, ss)
+            assert red.stock() == before
         elif held:
             b, ss = held.pop(rng.choice(sorted(held)))
+            released[b.id] = (b, ss)
             for e in (memory, red):
                 await e.release(b, ss)
         assert red.stock() == memory.stock()
@@ -430,21 +601,113 @@ async def test_random_operations_answer_like_the_in_process_adapter(seed: int, u
 
 # ---------------------------------------------------------------------- Redis only
 async def test_admitted_bookings_have_a_pending_record(url: str, store: SqliteStore) -> None:
-    admission = await open_redis_admission(url, store, pending_ttl_s=600)
+    clock = iter([1_800_000_000.25, 1_800_000_005.5])
+    admission = await open_redis_admission(url, store, pending_ttl_s=600, clock=lambda: next(clock))
     raw = client(url)
     await admission.add_event(EVT, 10, 4)
-    b1 = booking("b1", "u", seats=("A-1-1",), key="k1", fingerprint="fp")
+    b1 = replace(booking("b1", "u", seats=("A-1-1",), key="k1", fingerprint="fp"), secret_hash="ab" * 32)
     b2, b3 = booking("b2", "v", 2), booking("b3", "w", 9)
     results = await admission.admit([AdmitItem(b1), AdmitItem(b2), AdmitItem(b3)])
     assert [r.error is None for r in results] == [True, True, False]
-    assert await admission.pending("b1") == b1
-    assert await admission.pending("b2") == b2
+    assert await admission.pending("b1") == PendingRecord(b1, queued=False, admitted_at=1_800_000_000.25)
+    assert await admission.pending("b2") == PendingRecord(b2, queued=False, admitted_at=1_800_000_000.25)
     assert await admission.pending("b3") is None  # refused: never queued
+    assert raw.hgetall(pending_key("b1")) == {"booking": booking_to_json(b1).decode(), "queued": "0",
+                                              "admitted_at": "1800000000.25"}
     assert 590 <= raw.ttl(pending_key("b1")) <= 600
+
+    before = admission._link.round_trips
+    await admission.mark_queued([b1, b2, b3])
+    assert admission._link.round_trips == before + 1
+    assert await admission.pending("b1") == PendingRecord(b1, queued=True, admitted_at=1_800_000_000.25)
+    assert await admission.pending("b3") is None  # not created by mark_queued
+    assert 590 <= raw.ttl(pending_key("b1")) <= 600  # marking keeps the record's TTL
+
     await admission.settle([replace(b1, status=BookingStatus.HELD, seat_ids=("A-1-1",))])
     await admission.withdraw([b2])
     assert await admission.pending("b1") is None and await admission.pending("b2") is None
     await admission.close()
+
+
+async def test_stale_admissions_are_the_old_ones_never_marked_queued(url: str, store: SqliteStore) -> None:
+    """What an intake that died between admission and enqueue leaves: found by age, oldest first."""
+    now = [100.0]
+    admission = await open_redis_admission(url, store, clock=lambda: now[0])
+    raw = client(url)
+    await admission.add_event(EVT, 10, 4)
+    bs = [booking(f"b{i}", f"u{i}", 1) for i in range(5)]
+    for i, b in enumerate(bs):
+        now[0] = 100.0 * (i + 1)
+        assert await admission.admit([AdmitItem(b)]) == [AdmitResult()]
+    await admission.mark_queued([bs[1]])  # the queue has it: never stale
+    before = admission._link.round_trips
+    assert await admission.stale_admissions(250.0, 10) == [bs[0]]
+    assert admission._link.round_trips == before + 1
+    assert await admission.stale_admissions(300.0, 10) == [bs[0], bs[2]]  # at or before: inclusive
+    assert await admission.stale_admissions(1000.0, 2) == [bs[0], bs[2]]
+    await admission.settle([replace(bs[0], status=BookingStatus.HELD, seat_ids=("A-1-1",))])
+    await admission.abandon([bs[2]])
+    await admission.withdraw([bs[3]])
+    raw.delete(pending_key("b4"))  # its record expired: its index entry is dropped when met
+    assert await admission.stale_admissions(1000.0, 10) == []
+    assert raw.zcard("tb:admitted") == 0
+    await admission.close()
+
+
+async def test_a_pending_record_of_the_old_format_reads_as_queued(redis_edge: Edge) -> None:
+    """Written by a process of before `queued` (a plain string): such records were only kept once queued."""
+    b1 = booking("b1", "u", 1)
+    assert redis_edge.raw is not None
+    redis_edge.raw.set(pending_key("b1"), booking_to_json(b1), ex=600)
+    assert await redis_edge.admission.pending("b1") == PendingRecord(b1, queued=True, admitted_at=0.0)
+    await redis_edge.add_event()
+    await redis_edge.mark_queued(b1)  # not a hash: left as it is
+    await redis_edge.abandon(b1)  # read as queued: left alone
+    assert redis_edge.raw.get(pending_key("b1")) == booking_to_json(b1).decode()
+    redis_edge.raw.set(pending_key("b9"), b"not a booking")
+    assert await redis_edge.admission.pending("b9") is None
+
+
+async def test_a_batch_of_abandons_and_marks_is_one_round_trip_each(redis_edge: Edge) -> None:
+    admission = redis_edge.admission
+    assert isinstance(admission, RedisAdmission)
+    await redis_edge.add_event(available=500)
+    batch = [booking(f"b{i}", f"u{i}", 1, key=f"k{i}") for i in range(400)]
+    await admission.admit([AdmitItem(b) for b in batch])
+    before = admission._link.round_trips
+    await admission.mark_queued(batch[:200])
+    await admission.abandon(batch)
+    assert admission._link.round_trips == before + 2
+    assert redis_edge.stock().remaining == 500 - 200
+
+
+async def test_the_same_admit_run_twice_admits_once(redis_edge: Edge) -> None:
+    """A client that resends a request after a lost connection: the script runs again, with no new effect."""
+    admission = redis_edge.admission
+    assert isinstance(admission, RedisAdmission)
+    await redis_edge.add_event()
+    items = [AdmitItem(booking("b1", "u", 2, key="k1", fingerprint="fp")), AdmitItem(booking("b2", "v", 1))]
+    args = [orjson.dumps([_admit_request(item) for item in items]), 600, "1800000000.0"]
+    first = await admission._edit(admission._admit, args, "admit")
+    again = await admission._edit(admission._admit, args, "admit")
+    assert first == again == ["ok", "ok"]
+    assert redis_edge.stock() == Stock(7, {}, {"u": 2, "v": 1})
+
+
+async def test_an_admit_arriving_after_its_abandon_changes_nothing(redis_edge: Edge) -> None:
+    """Abandoned before its admit ran (the request was still in the network): a tombstone refuses it."""
+    admission = redis_edge.admission
+    assert isinstance(admission, RedisAdmission) and redis_edge.raw is not None
+    await redis_edge.add_event()
+    late = booking("b1", "u", seats=("A-1-1",), key="k1")
+    await redis_edge.abandon(late)
+    assert 0 < redis_edge.raw.ttl(abandoned_key("b1")) <= admission.abandoned_ttl_s
+    (result,) = await admission.admit([AdmitItem(late)])
+    assert isinstance(result.error, Unavailable) and "abandoned" in result.error.detail
+    assert redis_edge.stock() == Stock(10, {}, {})
+    assert redis_edge.key_owner("k1") is None and await admission.pending("b1") is None
+    # the tombstone is for that booking only: the client's retry (a new booking) is admitted
+    assert await redis_edge.admit(booking("b2", "u", seats=("A-1-1",), key="k1")) is None
 
 
 async def test_an_unknown_event_is_unavailable_and_reserves_nothing(redis_edge: Edge) -> None:
@@ -698,6 +961,130 @@ async def test_a_rebuilder_that_lost_its_lock_writes_nothing(url: str, store: Sq
                                       "our-token")
     assert raw.exists(edge_key(EVT, "stock")) == 0
     assert raw.get("tb:edge:rebuild") == "another-process"
+    await admission.close()
+
+
+# ---------------------------------------------------------------------- a Redis that stalls or is cut off
+STALL_TIMEOUT = 2.0  # the adapters' Redis timeout in these tests
+
+
+@pytest.fixture
+async def proxy(url: str, nursery: trio.Nursery) -> TcpProxy:
+    """A TCP proxy between the adapter under test and the test's Redis."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    started = TcpProxy(parts.hostname, parts.port)
+    await nursery.start(started.run)
+    return started
+
+
+def through(proxy: TcpProxy, url: str) -> str:
+    return urlsplit(url)._replace(netloc=proxy.address).geturl()
+
+
+def evalsha_calls(raw: redis.Redis) -> int:
+    stats: Any = raw.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def warm_admission(proxy: TcpProxy, url: str, store: SqliteStore) -> RedisAdmission:
+    """An adapter through the proxy that already ran its scripts once (loaded, connection pooled)."""
+    admission = await open_redis_admission(through(proxy, url), store, timeout=STALL_TIMEOUT)
+    await admission.add_event(EVT, 10, 4)
+    (warm,) = await admission.admit([AdmitItem(booking("warm", "w", 1))])
+    assert warm == AdmitResult()
+    return admission
+
+
+def assert_nothing_left_of(raw: redis.Redis, batch: Sequence[Booking]) -> None:
+    for b in batch:
+        assert not raw.hexists(edge_key(EVT, "res"), b.id), b.id
+        assert raw.exists(pending_key(b.id)) == 0, b.id
+    assert raw.hgetall(edge_key(EVT, "keys")) == {}
+    assert raw.hgetall(edge_key(EVT, "taken")) == {}
+    assert raw.hget(edge_key(EVT, "stock"), "remaining") == "9"  # only the warm-up booking
+    assert raw.hgetall(edge_key(EVT, "users")) == {"w": "1"}
+
+
+async def test_an_admit_whose_reply_stalls_is_unavailable_and_abandon_undoes_it(
+        url: str, store: SqliteStore, proxy: TcpProxy) -> None:
+    """Redis runs the script, its answer stalls: the adapter says Unavailable within its timeout (never
+    retried, which would double the wait), and abandoning the batch afterwards leaves nothing behind."""
+    raw = client(url)
+    admission = await warm_admission(proxy, url, store)
+    batch = [booking("b1", "u", 2, key="k1", fingerprint="fp"), booking("b2", "v", seats=("A-1-1",), key="k2")]
+
+    proxy.freeze(replies_only=True)
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as caught:
+        await admission.admit([AdmitItem(b) for b in batch])
+    elapsed = time.monotonic() - started
+    print(f"\nadmit with a stalled reply: Unavailable after {elapsed:.2f}s (timeout {STALL_TIMEOUT}s)")
+    assert caught.value.component == "lock"
+    assert STALL_TIMEOUT * 0.9 <= elapsed < STALL_TIMEOUT + 1.0
+    # the script did run: reservations, keys and pending records nobody was told about
+    assert all(raw.hexists(edge_key(EVT, "res"), b.id) for b in batch)
+    assert raw.hget(edge_key(EVT, "keys"), "k1") == "b1 fp"
+    assert raw.hget(pending_key("b1"), "queued") == "0"
+
+    proxy.thaw()
+    await admission.abandon(batch)
+    assert_nothing_left_of(raw, batch)
+    # the client's retry with the same Idempotency-Key books afresh instead of finding a booking in no queue
+    (retry,) = await admission.admit([AdmitItem(booking("b3", "u", 2, key="k1", fingerprint="fp"))])
+    assert retry == AdmitResult()
+    await admission.close()
+
+
+async def test_an_admit_delayed_past_its_abandon_changes_nothing_when_it_arrives(
+        url: str, store: SqliteStore, proxy: TcpProxy) -> None:
+    """The request itself stalls in the network: Unavailable, the batch is abandoned (over another path)
+    before the admit ran, and when the held request finally reaches Redis, it runs and changes nothing."""
+    raw = client(url)
+    admission = await warm_admission(proxy, url, store)
+    batch = [booking("b1", "u", 2, key="k1", fingerprint="fp"), booking("b2", "v", seats=("A-1-1",))]
+
+    proxy.freeze()
+    with pytest.raises(Unavailable):
+        await admission.admit([AdmitItem(b) for b in batch])
+    assert not raw.hexists(edge_key(EVT, "res"), "b1")  # held in the network: not run yet
+    direct = await open_redis_admission(url, store)
+    await direct.abandon(batch)
+    calls = evalsha_calls(raw)
+
+    proxy.thaw()  # the held admit goes on to Redis now
+    with trio.fail_after(10):
+        while evalsha_calls(raw) == calls:  # noqa: ASYNC110 - a server-side counter has no event
+            await trio.sleep(0.05)
+    assert_nothing_left_of(raw, batch)
+    await direct.close()
+    await admission.close()
+
+
+async def test_connections_that_redis_closed_are_replaced_at_once(redis_edge: Edge) -> None:
+    """A connection error (here: Redis dropped every client, as at a restart) is retried once on a new
+    connection; the scripts give the same answer when that retry runs them a second time."""
+    await redis_edge.add_event()
+    assert await redis_edge.admit(booking("b1", "u", 1)) is None
+    assert redis_edge.raw is not None
+    redis_edge.raw.client_kill_filter(_type="normal", skipme=True)
+    assert await redis_edge.admit(booking("b2", "v", 1)) is None
+    assert redis_edge.stock().remaining == 8
+
+
+async def test_an_invalidate_that_cannot_reach_redis_is_done_by_the_next_call(
+        url: str, store: SqliteStore, proxy: TcpProxy) -> None:
+    event, _ = await _store_with_history(store)
+    admission = await open_redis_admission(through(proxy, url), store, timeout=STALL_TIMEOUT)
+    red = Edge(admission, client(url))
+    rebuilt = red.stock(event.id)
+    assert await red.admit(booking("edge-only", "y", 2, event=event.id)) is None
+    await proxy.cut()
+    await admission.invalidate()  # never raises: remembered instead
+    assert red.raw is not None and red.raw.exists(READY_KEY) == 1
+    await proxy.restore()
+    assert await red.settle(booking("unknown", "z", 1, event=event.id), ()) is False
+    assert red.stock(event.id) == rebuilt and not red.has_reservation("edge-only", event.id)
     await admission.close()
 
 

@@ -120,7 +120,7 @@ async def test_mixed_crowd_with_cancels_and_confirms(harness: Harness) -> None:
             b = await harness.settle(r.json()["id"])
             if b["status"] == "held":
                 action = "confirm" if i % 2 else "cancel"
-                await harness.client.post(f"/api/bookings/{b['id']}/{action}")
+                await (harness.confirm(b["id"]) if action == "confirm" else harness.cancel(b["id"]))
         return r
 
     answers = await fire(400, buyer)

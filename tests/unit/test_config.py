@@ -52,6 +52,11 @@ def test_bool_conversion(raw: str, expected: bool) -> None:
     assert Settings.from_env({"TICKETBLITZ_DEMO": raw}).demo is expected
 
 
+def test_produce_timeout_defaults_to_two_seconds_and_reads_its_variable() -> None:
+    assert Settings.from_env({}).produce_timeout == 2.0
+    assert Settings.from_env({"TICKETBLITZ_PRODUCE_TIMEOUT": "0.5"}).produce_timeout == 0.5
+
+
 def test_float_setting_accepts_an_integer_string() -> None:
     s = Settings.from_env({"TICKETBLITZ_SWEEP_INTERVAL": "3"})
     assert s.sweep_interval == 3.0
@@ -104,6 +109,8 @@ def test_unparsable_values_raise_naming_the_variable(variable: str, value: str) 
         ("TICKETBLITZ_MAX_BODY_BYTES", "100", "max_body_bytes"),
         ("TICKETBLITZ_STORE_TIMEOUT", "0", "store_timeout"),
         ("TICKETBLITZ_LOCK_TIMEOUT", "-1", "lock_timeout"),
+        ("TICKETBLITZ_PRODUCE_TIMEOUT", "0", "produce_timeout"),
+        ("TICKETBLITZ_PRODUCE_TIMEOUT", "inf", "produce_timeout"),
         ("TICKETBLITZ_MAX_WAIT", "0", "max_wait"),
         ("TICKETBLITZ_QUEUE_LIMIT", "0", "queue_limit"),
         ("TICKETBLITZ_CONSUMERS", "-1", "consumers"),

@@ -193,6 +193,67 @@ def test_release_returns_seats() -> None:
     assert inv.check(EVT, "u", 4, ("A-1-1", "A-1-2", "A-1-3", "A-1-4")) is None
 
 
+def _counts(inv: EdgeInventory) -> tuple[int, dict[str, str], dict[str, int]]:
+    stock = inv.stock(EVT)
+    return stock.remaining, dict(stock.taken), dict(stock.per_user)
+
+
+def test_a_second_release_changes_nothing() -> None:
+    inv = inventory()
+    assert inv.admit("b1", EVT, "u", 2, (), force=False) is None
+    inv.settle("b1", ("A-1-1", "A-1-2"))
+    assert inv.release("b1", EVT, "u", ("A-1-1", "A-1-2")) == ("A-1-1", "A-1-2")
+    after_first = _counts(inv)
+    assert after_first == (10, {}, {})
+    assert inv.release("b1", EVT, "u", ("A-1-1", "A-1-2")) == ()
+    assert _counts(inv) == after_first
+
+
+def test_a_repeated_release_leaves_a_seat_taken_meanwhile_alone() -> None:
+    """Released, then booked by someone else, then the first release is retried: the new owner keeps it."""
+    inv = inventory()
+    assert inv.admit("b1", EVT, "u", 1, ("A-1-1",), force=False) is None
+    inv.settle("b1", ("A-1-1",))
+    inv.release("b1", EVT, "u", ("A-1-1",))
+    assert inv.admit("b2", EVT, "v", 1, ("A-1-1",), force=False) is None
+    before = _counts(inv)
+    assert inv.release("b1", EVT, "u", ("A-1-1",)) == ()
+    assert _counts(inv) == before == (9, {"A-1-1": "b2"}, {"v": 1})
+    assert isinstance(inv.check(EVT, "w", 1, ("A-1-1",)), SeatUnavailable)
+
+
+def test_a_release_counts_only_the_seats_still_taken() -> None:
+    """Half of the seats were released already (a partial retry): only the other half moves the counts."""
+    inv = inventory()
+    assert inv.admit("b1", EVT, "u", 3, (), force=False) is None
+    inv.settle("b1", ("A-1-1", "A-1-2", "A-1-3"))
+    inv.release("b1", EVT, "u", ("A-1-1",))
+    assert inv.release("b1", EVT, "u", ("A-1-1", "A-1-2", "A-1-2", "A-9-9")) == ("A-1-2",)
+    assert _counts(inv) == (9, {"A-1-3": "b1"}, {"u": 1})
+
+
+def test_a_release_after_a_rebuild_changes_nothing() -> None:
+    """The store cancelled b1 and a rebuild read it: the rebuilt edge already counts its seats free."""
+    inv = EdgeInventory()
+    inv.add_event(EVT, available=9, max_per_user=4)  # 10 seats, A-1-5 held by b2
+    inv.restore("b2", EVT, "v", ("A-1-5",))
+    before = _counts(inv)
+    assert inv.release("b1", EVT, "u", ("A-1-1", "A-1-2")) == ()
+    assert inv.release("b2-other", EVT, "v", ("A-1-5",)) == ()  # a seat another booking holds: untouched
+    assert _counts(inv) == before
+
+
+def test_a_release_gives_back_a_reservation_whose_settle_never_landed() -> None:
+    """Decided held and cancelled in the store while the edge still had it pending: the edge ends clean."""
+    inv = inventory()
+    assert inv.admit("b1", EVT, "u", 2, ("A-1-1", "A-1-2"), force=False) is None
+    assert inv.release("b1", EVT, "u", ("A-1-1", "A-1-2")) == ()
+    assert not inv.has_reservation("b1")
+    assert _counts(inv) == (10, {}, {})
+    inv.settle("b1", ("A-1-1", "A-1-2"))  # the late settle finds nothing left to change
+    assert _counts(inv) == (10, {}, {})
+
+
 def test_release_for_an_unknown_event_is_ignored() -> None:
     inv = inventory()
     inv.release("b1", "evt_gone", "u", ("A-1-1",))
@@ -281,6 +342,7 @@ def test_random_operations_keep_remaining_and_per_user_exact(seed: int) -> None:
 
     held: dict[str, tuple[str, tuple[str, ...]]] = {}  # booking id -> (user, seats), as the store has them
     pending: dict[str, _Pending] = {}
+    released: dict[str, tuple[str, tuple[str, ...]]] = {}  # cancelled or expired, as the store has them
     next_id = 0
 
     def check_invariants() -> None:
@@ -336,8 +398,16 @@ def test_random_operations_keep_remaining_and_per_user_exact(seed: int) -> None:
             inv.settle(booking_id, got)
             assert not inv.has_reservation(booking_id)
             inv.settle(booking_id, got)  # a redelivered decision changes nothing
+        elif op < 0.9 and released:
+            # a retried or repeated release of a booking released before: never changes anything
+            booking_id = rng.choice(sorted(released))
+            user, seats = released[booking_id]
+            before = (inv.stock(EVT).remaining, dict(inv.stock(EVT).taken), dict(inv.stock(EVT).per_user))
+            assert inv.release(booking_id, EVT, user, seats) == ()
+            assert (inv.stock(EVT).remaining, dict(inv.stock(EVT).taken), dict(inv.stock(EVT).per_user)) == before
         elif held:
             booking_id = rng.choice(sorted(held))
             user, seats = held.pop(booking_id)
-            inv.release(booking_id, EVT, user, seats)
+            assert inv.release(booking_id, EVT, user, seats) == seats
+            released[booking_id] = (user, seats)
         check_invariants()

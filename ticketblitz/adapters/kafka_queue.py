@@ -1,11 +1,16 @@
 """The distributed booking queue: Apache Kafka through kafka-python, driven from Trio worker threads.
 
 Intake produces each accepted booking to `booking-requests` and answers `202` only once the broker
-acknowledged it (acks=all, idempotent producer). The consumers of the group `booking-group` take
-bookings, and a partition's offset is committed only after the store decided the bookings before it,
-never past one still undecided, whatever order the acks arrive in. A crash therefore redelivers, and the
-store's idempotent `decide` turns that at-least-once delivery into an exactly-once effect. A message that
-is not a booking goes to the dead-letter topic instead of blocking its partition.
+acknowledged it (acks=all, idempotent producer); every produce resolves within `produce_timeout`, so a
+dead broker costs intake a quick `503`, not a stalled request. A failed produce may still have been
+written (`durable_in_store` is False): the caller settles that doubt.
+
+The consumers of the group `booking-group` take bookings, and a partition's offset is committed only
+after the store decided the bookings before it, never past one still undecided, whatever order the acks
+arrive in. A crash therefore redelivers, and the store's idempotent `decide` turns that at-least-once
+delivery into an exactly-once effect. A message that is not a booking goes to the dead-letter topic
+instead of blocking its partition. Clients reconnect within RECONNECT_BACKOFF_MAX_MS of a broker's
+return, so producer and consumers resume after a broker restart without a process restart.
 
 kafka-python is blocking, so every call runs in `trio.to_thread` (one thread hop per batch, never per
 booking). The producer is thread-safe; the consumer is not, so its calls take turns through a
@@ -27,7 +32,7 @@ from typing import Any, NamedTuple, TypeVar
 import trio
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from ..codec import booking_from_json, booking_to_json
@@ -43,8 +48,12 @@ DLQ_PARTITIONS = 1  # the dead-letter topic is read by people, rarely: one parti
 POLL_MS = 200  # one poll in the worker thread; a cancelled take_batch waits at most this long
 POLL_BACKOFF = 0.5  # seconds between polls while the broker fails, so a down broker is not hammered
 MAX_POLL_RECORDS = 1024  # above any consumer batch; take_batch asks for exactly what it can use
-LINGER_MS = 2  # enqueue flushes each batch at once, so lingering only helps concurrent senders
+LINGER_MS = 2  # a record waits this long for others to share its request (intake sends whole batches)
 BATCH_BYTES = 256 * 1024  # a 512-booking intake batch fits in a few record batches per partition
+EXPIRY_SLACK_S = 0.2  # past the produce deadline: room for the producer to report its own expiry of a record
+# Reconnect attempts to a broker that went away back off up to this (kafka-python's default, 30 s, would
+# leave consumers and producers idle for that long after the broker is back).
+RECONNECT_BACKOFF_MAX_MS = 1000
 REASON_HEADER = "reason"  # why a message is in the dead-letter topic
 SOURCE_HEADER = "source"  # where it was read: topic/partition/offset
 
@@ -247,6 +256,7 @@ class KafkaQueue:
     """The `BookingQueue` port on Kafka: produce before `202`, commit after the store decided."""
 
     name = "kafka"
+    durable_in_store = False  # a produce that failed (or timed out) may still have been written
 
     def __init__(
         self,
@@ -256,14 +266,19 @@ class KafkaQueue:
         dlq_topic: str = "booking-requests-dlq",
         group: str = "booking-group",
         timeout: float = 10.0,
+        produce_timeout: float = 2.0,
         consume: bool = True,
     ) -> None:
+        """`timeout` bounds the consumer's and the admin's calls; `produce_timeout` every produce (enqueue,
+        requeue, dead letters): acknowledged or Unavailable within about that many seconds."""
         self._bootstrap = bootstrap
         self._topic = topic
         self._dlq_topic = dlq_topic
         self._group = group
         self._timeout = timeout
         self._timeout_ms = max(int(timeout * 1000), 1000)  # kafka-python wants request > fetch wait (500 ms)
+        self._produce_timeout = produce_timeout
+        self._produce_timeout_ms = max(int(produce_timeout * 1000), 100)
         self._consume = consume
         self._admin: Any = None
         self._producer: Any = None
@@ -272,6 +287,7 @@ class KafkaQueue:
         self._consumer_turn = trio.CapacityLimiter(1)  # KafkaConsumer is not thread-safe
         self._deliveries = Deliveries()
         self.produced = 0
+        self.requeued = 0
         self.consumed = 0
         self.dead_lettered = 0
 
@@ -322,14 +338,26 @@ class KafkaQueue:
 
     # ------------------------------------------------------------------ intake
     async def enqueue(self, bookings: Sequence[Booking]) -> list[Booking | None]:
-        """Produce the bookings and return once the broker acknowledged every one, else Unavailable."""
+        """Produce the bookings and return once the broker acknowledged every one, else Unavailable
+        (within about `produce_timeout`; some of them may have been written all the same)."""
         if not bookings:
             return []
+        await self._produce(bookings)
+        self.produced += len(bookings)
+        return [None] * len(bookings)
+
+    async def requeue(self, bookings: Sequence[Booking]) -> None:
+        """Produce these accepted, undecided bookings again (a duplicate is harmless: deciding is
+        idempotent); Unavailable, within about `produce_timeout`, when the broker did not acknowledge."""
+        if not bookings:
+            return
+        await self._produce(bookings)
+        self.requeued += len(bookings)
+
+    async def _produce(self, bookings: Sequence[Booking]) -> None:
         messages = [_Message(self._topic, message_key(b), booking_to_json(b)) for b in bookings]
         # Not abandoned on cancel: the thread's answer is the only way to know whether they were written.
         await self._in_thread(partial(self._send_all, messages))
-        self.produced += len(bookings)
-        return [None] * len(bookings)
 
     # ------------------------------------------------------------------ consumers
     async def take_batch(self, max_items: int) -> list[Booking]:
@@ -424,6 +452,7 @@ class KafkaQueue:
             "client_id": f"ticketblitz-{role}-{os.getpid()}",
             "bootstrap_timeout_ms": self._timeout_ms,
             "request_timeout_ms": self._timeout_ms,
+            "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
         }
 
     def _ensure_topics(self) -> None:
@@ -440,22 +469,33 @@ class KafkaQueue:
         except TopicAlreadyExistsError:  # another process created them first
             pass
 
-    def _producer_now(self) -> Any:
+    def _producer_now(self, deadline: float | None = None) -> Any:
         """(thread) The producer, made on first use: acks=all and idempotent, so a retried send is never
-        written twice; its timeouts make every send resolve within about `timeout`."""
-        with self._connecting:
+        written twice; its timeouts make every record resolve within `produce_timeout`. Waiting for
+        another thread that makes it ends at `deadline` (monotonic) with KafkaTimeoutError."""
+        producer = self._producer
+        if producer is not None:
+            return producer
+        wait = -1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not self._connecting.acquire(timeout=wait):
+            raise KafkaTimeoutError("the kafka producer is still being made by another call")
+        try:
             if self._producer is None:
-                half = self._timeout_ms // 2
+                limit = self._produce_timeout_ms
                 self._producer = KafkaProducer(
-                    **{**self._client_config("producer"), "request_timeout_ms": half},
+                    # delivery_timeout_ms must be >= linger_ms + request_timeout_ms
+                    **{**self._client_config("producer"), "bootstrap_timeout_ms": limit,
+                       "request_timeout_ms": limit - LINGER_MS},
                     acks="all",
                     enable_idempotence=True,
                     linger_ms=LINGER_MS,
                     batch_size=BATCH_BYTES,
-                    max_block_ms=half,  # waiting for metadata or buffer space
-                    delivery_timeout_ms=self._timeout_ms,  # a record's whole life, retries included
+                    max_block_ms=limit,  # waiting for metadata or buffer space
+                    delivery_timeout_ms=limit,  # a record's whole life, retries included
                 )
             return self._producer
+        finally:
+            self._connecting.release()
 
     def _new_consumer(self) -> Any:
         """(thread) A consumer of the group, committing by hand, subscribed with the rebalance listener."""
@@ -478,14 +518,20 @@ class KafkaQueue:
         return consumer
 
     def _send_all(self, messages: Sequence[_Message]) -> None:
-        """(thread) Send, flush, and raise unless the broker acknowledged every message."""
-        producer = self._producer_now()
+        """(thread) Send, and raise unless the broker acknowledged every message within `produce_timeout`
+        (KafkaTimeoutError when some are still unresolved then: they may be written or not)."""
+        deadline = time.monotonic() + self._produce_timeout
+        producer = self._producer_now(deadline)
+        if time.monotonic() >= deadline:  # making the producer took it all (a broker that went away)
+            raise KafkaTimeoutError(f"no kafka producer within {self._produce_timeout:g}s")
+        # A send blocks (max_block_ms) only while the topic's metadata is unknown; the first one that
+        # gives up raises, so the whole loop stays within about the deadline.
         futures = [producer.send(m.topic, value=m.value, key=m.key, headers=m.headers) for m in messages]
-        # The delivery timeout expires unacknowledged records before this flush gives up, so each future
-        # is resolved here: a failure means not written, a success means written.
-        producer.flush(timeout=self._timeout + 1)
+        # They go out after LINGER_MS; records the broker does not acknowledge expire by the producer's
+        # delivery timeout (the same deadline). Wait for these records only (a flush would wait for other
+        # threads' later records too, one timeout per record batch), until the deadline and no longer.
         for future in futures:
-            future.get(timeout=0)
+            future.get(timeout=max(deadline - time.monotonic(), 0.0) + EXPIRY_SLACK_S)
 
     def _poll(self, max_items: int) -> list[Booking]:
         """(consumer thread) Poll once; track and decode what came. Poison goes to the dead-letter topic."""

@@ -2,9 +2,29 @@
 
 psycopg's AsyncConnection does not run under Trio, so each call borrows a connection from a sync
 `ConnectionPool` in a worker thread, at most `pool_size` threads at a time. Each call has a deadline,
-enforced three ways: `trio.fail_after` around the thread (the caller never waits longer), a timeout on
-the wait for a pooled connection, and `statement_timeout`/`lock_timeout` inside PostgreSQL, so that a
-transaction that overruns is rolled back by the server, never left half-done.
+counted from the call, enforced three ways: `trio.fail_after` around the thread (which is abandoned
+then), a timeout on the wait for a pooled connection, and `statement_timeout`/`lock_timeout` inside
+PostgreSQL, so that a transaction that overruns is rolled back by the server, never left half-done.
+
+What a caller hears is what happened (`_call`, `_Attempt`):
+
+- Until COMMIT is sent, the caller's giving up wins. Before sending it, the thread checks, under a
+  lock it shares with the caller, that the caller still waits and the deadline has not passed, else it
+  rolls back; a caller that gives up (its deadline, or a cancellation from outside) marks the attempt
+  abandoned under the same lock. So COMMIT is never sent for a caller that heard `Unavailable`.
+- Once COMMIT is sent, its outcome wins. A caller whose deadline passes meanwhile, or whose thread
+  lost its connection in the middle of COMMIT, waits `_COMMIT_GRACE` more for the answer, then asks
+  PostgreSQL on a fresh connection how the transaction ended (`pg_xact_status` of the id read at its
+  start), terminating its backend first if the transaction is still open (the COMMIT has not arrived),
+  so that the answer is final: the result if it committed, `Unavailable` if it did not. Such a caller
+  waits at most about timeout + twice `_COMMIT_GRACE` + `_STATUS_TIMEOUT` + 3 s.
+- Residual: when PostgreSQL cannot answer that question either (it is down or unreachable), the caller
+  hears `Unavailable` although the COMMIT may have landed. Every write here is safe to repeat: decide
+  and reject return a booking already decided as stored, confirm is idempotent, insert_pending returns
+  the stored booking; a repeated cancel answers InvalidTransition, and its edge release is in the outbox
+  (`edge_due`), written by the same transaction. A caller cancelled from outside after COMMIT was sent
+  hears nothing at all (its follow-ups are the outbox's to redo). Single statements outside a
+  transaction (`transaction=False`) are reads, and ANALYZE.
 
 Several processes run `decide` at once. What keeps them exact:
 
@@ -28,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -44,7 +65,14 @@ from ..domain import rules
 from ..domain.errors import NotFound, Unavailable
 from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus
 from ..ports import EdgeSnapshot, Fences
-from .rows import BOOKING_COLUMNS, EVENT_COLUMNS, booking_from_row, event_from_row
+from .rows import (
+    BOOKING_COLUMN_COUNT,
+    BOOKING_COLUMNS,
+    EVENT_COLUMNS,
+    booking_from_row,
+    event_from_row,
+    rejected_booking,
+)
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
@@ -117,6 +145,16 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE seats ADD COLUMN fence bigint NOT NULL DEFAULT 0;
     """,
+    # 3: the hash of each booking's secret; the outbox of edge releases (cancelled or expired bookings
+    # whose seats the edge has not yet been told about); the deployment's keys
+    """
+    ALTER TABLE bookings ADD COLUMN secret_hash text;
+    ALTER TABLE bookings ADD COLUMN edge_due boolean NOT NULL DEFAULT false;
+    ALTER TABLE bookings ADD CONSTRAINT bookings_edge_due_released
+        CHECK (NOT edge_due OR status IN ('cancelled', 'expired'));
+    CREATE INDEX bookings_edge_due ON bookings (updated_at, id) WHERE edge_due;
+    CREATE TABLE server_keys (name text PRIMARY KEY, value bytea NOT NULL);
+    """,
 ]
 
 
@@ -131,8 +169,49 @@ _MAX_READS = 4  # window reads per event per batch: the first, one widening, ref
 _MAX_ROUNDS = 32  # plan-and-lock rounds per batch; each one learns something (a read, a lost seat)
 # Shorter than PostgreSQL's deadlock_timeout (1 s): we give up before a wait could be called a deadlock.
 _CONTESTED_WAIT_MS = 250
+# What the backend's state makes fail (timeouts, lost connections, pool timeouts, a session the server
+# ended, e.g. idle_in_transaction_session_timeout, SQLSTATE 25P03): `Unavailable`. Integrity, data and
+# programming errors pass through.
+_BACKEND_ERRORS = (psycopg.OperationalError, psycopg.InternalError)
+_COMMIT_GRACE = 1.0  # past its deadline, how long a caller waits for its transaction's last round trip
+_STATUS_TIMEOUT = 2.0  # for asking how a COMMIT in doubt ended
 
 _SEAT_REF_COLUMNS = "id, section, row, number, position"
+_SEAT_COLUMNS = "id, section, row, number, position, status"
+# The cheap reads, each on its index (partial indexes seats_available and bookings_edge_due).
+_FIRST_AVAILABLE_SQL = (f"SELECT {_SEAT_COLUMNS} FROM seats WHERE event_id = %s AND status = 'available' "
+                        "ORDER BY position LIMIT 1")
+_EDGE_DUE_SQL = (f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE edge_due AND updated_at <= %s "
+                 "ORDER BY updated_at, id LIMIT %s")
+_SEAT_STATUSES_SQL = "SELECT id, status FROM seats WHERE event_id = %s AND id = ANY(%s::text[])"
+_SERVER_KEY = "booking_secret"
+
+# The seat map documents of `seat_map_json`, built by PostgreSQL as the exact bytes orjson would write
+# (json_build_object and jsonb print spaces, jsonb also reorders keys, so the text is concatenated).
+# Seat ids are `{section}-{row}-{number}`, written only by create_event from the event's sections: when
+# every section name is plain [A-Za-z0-9] (the API validates them so), no seat needs escaping, and
+# quoting as is costs a third less than to_json per seat; otherwise to_json escapes each one.
+_SEAT_MAP_TEMPLATE = """
+    SELECT convert_to('{"KEY":' || to_json(e.id)::text || ',"seats":[' || CASE
+        WHEN (SELECT bool_and(x->>'name' ~ '^[A-Za-z0-9]+$') FROM jsonb_array_elements(e.sections) x)
+        THEN (SELECT string_agg(PLAIN, ',' ORDER BY s.position) FROM seats s WHERE s.event_id = e.id)
+        ELSE (SELECT string_agg(ESCAPED, ',' ORDER BY s.position) FROM seats s WHERE s.event_id = e.id)
+    END || ']}', 'UTF8')
+    FROM events e WHERE e.id = %s
+"""
+_API_SEAT = (""" '{"id":' || ID || ',"section":' || SECTION || ',"row":' || s.row || ',"number":' || s.number """
+             """|| ',"status":"' || s.status || '"}' """)
+_COMPAT_SEAT = (""" '{"number":' || s.position || ',"id":' || ID || ',"status":"' || CASE s.status """
+                """WHEN 'available' THEN 'AVAILABLE' WHEN 'held' THEN 'LOCKED' ELSE 'BOOKED' END || '"}' """)
+
+
+def _seat_map_sql(key: str, seat: str) -> str:
+    plain = seat.replace("ID", "'\"' || s.id || '\"'").replace("SECTION", "'\"' || s.section || '\"'")
+    escaped = seat.replace("ID", "to_json(s.id)::text").replace("SECTION", "to_json(s.section)::text")
+    return _SEAT_MAP_TEMPLATE.replace("KEY", key).replace("PLAIN", plain).replace("ESCAPED", escaped)
+
+
+_SEAT_MAP_SQL = {"api": _seat_map_sql("event_id", _API_SEAT), "compat": _seat_map_sql("eventId", _COMPAT_SEAT)}
 
 # Best available, alf.io style: rows that another transaction has locked are being claimed; skip them.
 _WINDOW_SQL = f"""
@@ -165,7 +244,17 @@ _CLAIM_SQL = """
 
 def _booking_row(b: Booking) -> tuple[Any, ...]:
     return (b.id, b.event_id, b.user_id, b.quantity, list(b.requested_seats), list(b.seat_ids), b.status.value,
-            b.reason, b.expires_at, b.created_at, b.updated_at, b.idempotency_key, b.fingerprint)
+            b.reason, b.expires_at, b.created_at, b.updated_at, b.idempotency_key, b.fingerprint, b.secret_hash)
+
+
+_INSERT_BOOKING = (
+    f"INSERT INTO bookings ({BOOKING_COLUMNS}) VALUES (%s,%s,%s,%s,%s::text[],%s::text[]"
+    + ",%s" * (BOOKING_COLUMN_COUNT - 6) + ") ON CONFLICT DO NOTHING RETURNING id"
+)
+
+
+def _seat(row: Sequence[Any]) -> Seat:
+    return Seat(row[0], row[1], row[2], row[3], row[4], SeatStatus(row[5]))
 
 
 def _one(cur: psycopg.Cursor[Any]) -> tuple[Any, ...]:
@@ -182,6 +271,56 @@ def _storable(*texts: str) -> bool:
 
 def _ms_left(deadline: float) -> int:
     return max(1, int((deadline - time.monotonic()) * 1000))
+
+
+class _Attempt:
+    """One transaction as its caller and its worker thread share it. Under `lock`, whichever comes first
+    decides: the thread about to send COMMIT (`committing`), or the caller giving up before that
+    (`abandoned`: COMMIT will never be sent, the thread rolls back)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.committing = False
+        self.xid: str | None = None  # pg_current_xact_id() of the transaction, known once committing
+        self.pid: int | None = None  # its backend
+        self.result: Any = None  # what the caller gets if the COMMIT went through
+        self.error: BaseException | None = None  # how the thread ended, once `ended` is set
+        self.ended = threading.Event()
+
+    def give_up(self) -> bool:
+        """The caller stops waiting: True when COMMIT will never be sent, False when it may be on its way."""
+        with self.lock:
+            if not self.committing:
+                self.abandoned = True
+            return self.abandoned
+
+    def in_doubt(self, error: BaseException | None) -> bool:
+        """Whether the COMMIT may have gone through although the caller has no answer: it was sent, and
+        the thread has not ended or lost its connection (an error PostgreSQL itself sent is final)."""
+        if not self.committing or self.xid is None:
+            return False  # not sent, or a read-only snapshot: nothing to find out
+        if not self.ended.is_set():
+            return True
+        return isinstance(error, psycopg.OperationalError) and error.sqlstate is None
+
+
+def _commit_status(url: str, xid: str, pid: int) -> str | None:
+    """How transaction `xid` ended ('committed' or 'aborted'), asked on a connection of its own. While it is
+    still open (its COMMIT not arrived, or not done), its backend is terminated first: then the answer is
+    final. None when PostgreSQL gave no answer."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=2,
+                         options=f"-c statement_timeout={int(_STATUS_TIMEOUT * 1000)}") as conn:
+        for _ in range(20):
+            status = _one(conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)))[0]
+            if status != "in progress":
+                return str(status) if status else None
+            # only the backend still running this very transaction (a pooled connection moves on)
+            conn.execute("SELECT pg_terminate_backend(pid, 500) FROM pg_stat_activity "
+                         "WHERE pid = %s AND backend_xid::text = %s", (pid, str(int(xid) % 2**32)))
+            time.sleep(0.05)
+    return None
 
 
 def _lock_key(*parts: str) -> int:
@@ -224,12 +363,7 @@ def _insert_bookings(conn: Conn, bookings: Sequence[Booking]) -> list[bool]:
     """Insert the bookings not stored yet; per booking, whether it was inserted. An id or a key that is
     already stored (or inserted earlier in the same call) skips the row instead of failing the batch."""
     cur = conn.cursor()
-    cur.executemany(
-        f"INSERT INTO bookings ({BOOKING_COLUMNS}) VALUES (%s,%s,%s,%s,%s::text[],%s::text[],%s,%s,%s,%s,%s,%s,%s) "
-        "ON CONFLICT DO NOTHING RETURNING id",
-        [_booking_row(b) for b in bookings],
-        returning=True,
-    )
+    cur.executemany(_INSERT_BOOKING, [_booking_row(b) for b in bookings], returning=True)
     inserted = []
     while True:  # one result per row, in order
         inserted.append(cur.fetchone() is not None)
@@ -259,6 +393,53 @@ def _stored_twin(conn: Conn, booking: Booking) -> Booking:
     if found is None:  # ON CONFLICT skipped it, so one of the two exists: a broken assumption, retry
         raise Unavailable(f"booking {booking.id} was neither inserted nor found", component="store")
     return found
+
+
+def _reject(conn: Conn, *, bookings: Sequence[Booking], reason: str, now: float, insert: bool,
+            keep_key: bool) -> list[tuple[Booking, bool]]:
+    """`Store.reject` in one transaction. Under the same owner locks as `decide`, so that a booking being
+    decided and rejected at once gets exactly one of the two; none of the seat logic."""
+    _serialize_owners(conn, bookings)
+    firsts: dict[str, Booking] = {}  # the first copy of each id, in order (who is first gets a shared key)
+    for b in bookings:
+        firsts.setdefault(b.id, b)
+    stored = _bookings_by_id(conn, list(firsts))
+    missing = [b for i, b in firsts.items() if i not in stored]
+    if missing and not insert:
+        raise NotFound(f"booking {missing[0].id} is not in the store")
+    if missing:
+        events = {r[0] for r in conn.execute(
+            "SELECT id FROM events WHERE id = ANY(%s::text[])", (list({b.event_id for b in missing}),))}
+        unknown = [b for b in missing if b.event_id not in events]
+        if unknown:  # nowhere to record it (bookings reference their event)
+            raise NotFound(f"event {unknown[0].event_id} of booking {unknown[0].id} does not exist")
+    rejected = {i for i, b in stored.items() if b.status is BookingStatus.PENDING}
+    if rejected:
+        n = conn.execute(
+            "UPDATE bookings SET status = 'rejected', reason = %s, seat_ids = '{}', updated_at = %s "
+            "WHERE id = ANY(%s::text[]) AND status = 'pending'",
+            (reason, now, list(rejected)),
+        ).rowcount
+        if n != len(rejected):  # the owner locks make this impossible; never write half a batch
+            raise Unavailable("a booking to reject was decided elsewhere", component="store")
+        stored.update((i, rejected_booking(stored[i], reason, now)) for i in rejected)
+    twins: dict[str, Booking] = {}
+    if missing:
+        fresh = [rejected_booking(b, reason, now, keep_key=keep_key) for b in missing]
+        for b, inserted in zip(fresh, _insert_bookings(conn, fresh), strict=True):
+            if inserted:
+                stored[b.id] = b
+                rejected.add(b.id)
+            else:  # its Idempotency-Key belongs to another booking: that one answers, as in `decide`
+                twins[b.id] = _stored_twin(conn, b)
+    answers = []
+    for b in bookings:
+        if b.id in twins:
+            answers.append((twins[b.id], False))
+        else:
+            answers.append((stored[b.id], b.id in rejected))
+            rejected.discard(b.id)  # a second copy in the same call changes nothing
+    return answers
 
 
 def _load_booking(conn: Conn, booking_id: str) -> Booking:
@@ -543,41 +724,94 @@ class PostgresStore:
 
     async def _call(self, fn: Callable[[Conn], T], *, transaction: bool = True, snapshot: bool = False) -> T:
         """Run `fn` on a pooled connection in a worker thread, by default in one transaction, under the
-        deadline; backend failures become `Unavailable`, domain errors pass through (after rollback)."""
+        deadline; backend failures become `Unavailable`, domain errors pass through (after rollback).
+        What the caller hears is what happened: see the module docstring."""
         pool = self._pool
         if pool is None:
             raise Unavailable("the store is not open", component="store")
         timeout = self.timeout
+        attempt = _Attempt(time.monotonic() + timeout)  # from the call: waiting for a thread counts
 
-        def run() -> T:
-            deadline = time.monotonic() + timeout
-            with pool.connection(timeout=timeout) as conn:
+        def work() -> T:
+            with pool.connection(timeout=max(0.001, attempt.deadline - time.monotonic())) as conn:
+                if attempt.abandoned:
+                    raise Unavailable("the store did not answer in time", component="store")
                 if not transaction:
-                    return fn(conn)  # one statement, bounded by the session's statement_timeout
+                    return fn(conn)  # one statement (reads, ANALYZE), bounded by the session's statement_timeout
                 with conn.transaction():
                     if snapshot:
                         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    budget = str(_ms_left(deadline))
-                    conn.execute(
-                        "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                    budget = str(_ms_left(attempt.deadline))
+                    row = _one(conn.execute(
+                        "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)"
+                        + ("" if snapshot else ", pg_current_xact_id()::text"),  # to settle a COMMIT in doubt
                         (budget, budget),
-                    )
+                    ))
                     result = fn(conn)
-                    if time.monotonic() > deadline:
-                        # The caller is about to give up: commit nothing that it will not hear about.
-                        raise Unavailable("the store transaction overran its deadline", component="store")
+                    with attempt.lock:
+                        if attempt.abandoned or time.monotonic() > attempt.deadline:
+                            # The caller gave up or is about to: commit nothing that it will not hear about.
+                            raise Unavailable("the store transaction overran its deadline", component="store")
+                        attempt.committing, attempt.result = True, result
+                        attempt.xid, attempt.pid = (None if snapshot else row[2]), conn.info.backend_pid
+                # COMMIT was sent as the block ended, and it succeeded
                 return result
 
+        def run() -> T:
+            try:
+                return work()
+            except BaseException as exc:
+                attempt.error = exc
+                raise
+            finally:
+                attempt.ended.set()
+
         try:
-            with trio.fail_after(timeout + 1.0):
+            with trio.fail_after(timeout + _COMMIT_GRACE):
                 # Abandoning the thread on cancel keeps the caller's deadline even if the network stalls.
-                # The thread still ends by itself (server-side timeouts), rolls back because its
-                # deadline has passed, and keeps its limiter token until then.
+                # The thread still ends by itself (server-side timeouts) and keeps its limiter token
+                # until then; `attempt` makes sure that it commits only what its caller hears about.
                 return await trio.to_thread.run_sync(run, limiter=self._limiter, abandon_on_cancel=True)
         except trio.TooSlowError:
-            raise Unavailable("the store did not answer in time", component="store") from None
-        except psycopg.OperationalError as exc:  # timeouts, lock timeouts, lost connections, pool timeouts
+            if attempt.give_up():
+                raise Unavailable("the store did not answer in time", component="store") from None
+            return await self._settle(attempt)  # COMMIT is on its way
+        except _BACKEND_ERRORS as exc:
+            if attempt.in_doubt(exc):
+                return await self._settle(attempt)  # the connection was lost during COMMIT
             raise Unavailable(f"the store failed: {exc}", component="store") from exc
+        except BaseException:
+            attempt.give_up()  # the caller itself was cancelled: what it will not hear about must not commit
+            raise
+
+    async def _settle(self, attempt: _Attempt) -> Any:
+        """COMMIT was sent, and no answer came in time: learn how it ended instead of guessing. Wait a
+        little more for the answer, else ask PostgreSQL on a fresh connection (ending the transaction
+        first if it is still open). Unavailable only when the transaction did not commit or PostgreSQL
+        cannot tell."""
+        if not attempt.ended.is_set():
+            await trio.to_thread.run_sync(attempt.ended.wait, _COMMIT_GRACE, abandon_on_cancel=True)
+        if not attempt.in_doubt(attempt.error):  # the answer came after all
+            if attempt.error is None:
+                return attempt.result
+            if isinstance(attempt.error, _BACKEND_ERRORS):
+                raise Unavailable(f"the store failed: {attempt.error}", component="store") from attempt.error
+            raise attempt.error
+        assert attempt.xid is not None and attempt.pid is not None
+        status: str | None = None
+        with trio.move_on_after(_STATUS_TIMEOUT + 3.0):  # connect, terminate, a few looks
+            try:
+                status = await trio.to_thread.run_sync(
+                    partial(_commit_status, self.url, attempt.xid, attempt.pid), abandon_on_cancel=True
+                )
+            except psycopg.Error:
+                status = None
+        if status == "committed":
+            return attempt.result
+        if status == "aborted":
+            raise Unavailable("the store did not answer in time; nothing was written", component="store")
+        raise Unavailable("the store did not answer in time, and whether the transaction committed is unknown",
+                          component="store")
 
     # ------------------------------------------------------------------ events and seats
     async def create_event(self, event: Event) -> Event:
@@ -629,12 +863,35 @@ class PostgresStore:
             return []
         rows = await self._call(
             lambda conn: conn.execute(
-                "SELECT id, section, row, number, position, status FROM seats WHERE event_id = %s ORDER BY position",
-                (event_id,),
+                f"SELECT {_SEAT_COLUMNS} FROM seats WHERE event_id = %s ORDER BY position", (event_id,)
             ).fetchall(),
             transaction=False,
         )
-        return [Seat(r[0], r[1], r[2], r[3], r[4], SeatStatus(r[5])) for r in rows]
+        return [_seat(r) for r in rows]
+
+    async def seat_map_json(self, event_id: str, form: str) -> bytes | None:
+        statement = _SEAT_MAP_SQL[form]  # KeyError: a caller's bug, not a request's
+        if not _storable(event_id):
+            return None
+        row = await self._call(
+            lambda conn: conn.execute(statement, (event_id,), binary=True).fetchone(), transaction=False
+        )
+        return bytes(row[0]) if row else None
+
+    async def seat_statuses(self, event_id: str, seat_ids: Sequence[str]) -> dict[str, SeatStatus]:
+        wanted = [s for s in dict.fromkeys(seat_ids) if _storable(s)]
+        if not wanted or not _storable(event_id):
+            return {}
+        rows = await self._call(lambda conn: conn.execute(_SEAT_STATUSES_SQL, (event_id, wanted)).fetchall(),
+                                transaction=False)
+        return {r[0]: SeatStatus(r[1]) for r in rows}
+
+    async def first_available(self, event_id: str) -> Seat | None:
+        if not _storable(event_id):
+            return None
+        row = await self._call(lambda conn: conn.execute(_FIRST_AVAILABLE_SQL, (event_id,)).fetchone(),
+                               transaction=False)
+        return _seat(row) if row else None
 
     async def seat_counts(self, event_id: str) -> Counts:
         """Counts recomputed from the seat rows (the invariant checks compare them with the event's)."""
@@ -790,8 +1047,10 @@ class PostgresStore:
             (ids,),
         ))
         _add_to_counters(conn, {e: (n, -n, 0) for e, n in freed.items()})
+        # ... and the edge must hear of it: due until `edge_done`, whatever happens after this commit
         conn.execute(
-            "UPDATE bookings SET status = %s, updated_at = %s WHERE id = ANY(%s::text[]) AND status = 'held'",
+            "UPDATE bookings SET status = %s, updated_at = %s, edge_due = true "
+            "WHERE id = ANY(%s::text[]) AND status = 'held'",
             (status.value, now, ids),
         )
         return [replace(b, status=status, updated_at=now) for b in bookings]
@@ -816,6 +1075,38 @@ class PostgresStore:
                 (now, limit),
             ).fetchall()
             return self._release(conn, [_booking(r) for r in rows], BookingStatus.EXPIRED, now) if rows else []
+
+        return await self._call(tx)
+
+    async def edge_due(self, older_than: float, limit: int) -> list[Booking]:
+        rows = await self._call(lambda conn: conn.execute(_EDGE_DUE_SQL, (older_than, limit)).fetchall(),
+                                transaction=False)
+        return [_booking(r) for r in rows]
+
+    async def edge_done(self, booking_ids: Sequence[str]) -> None:
+        ids = sorted({i for i in booking_ids if _storable(i)})
+        if ids:
+            # rows locked in id order: two processes draining overlapping parts of the outbox never deadlock
+            await self._call(lambda conn: conn.execute(
+                "UPDATE bookings SET edge_due = false WHERE id IN ("
+                "SELECT id FROM bookings WHERE edge_due AND id = ANY(%s::text[]) ORDER BY id FOR UPDATE)",
+                (ids,),
+            ))
+
+    async def reject(self, bookings: Sequence[Booking], reason: str, now: float, *, insert: bool = False,
+                     keep_key: bool = True) -> list[tuple[Booking, bool]]:
+        if not bookings:
+            return []
+        return await self._call(partial(_reject, bookings=bookings, reason=reason, now=now, insert=insert,
+                                        keep_key=keep_key))
+
+    async def server_key(self, candidate: bytes) -> bytes:
+        def tx(conn: Conn) -> bytes:
+            # A concurrent insert makes ours wait for its commit and then do nothing; the SELECT, a statement
+            # of its own (READ COMMITTED), then sees the winner's key.
+            conn.execute("INSERT INTO server_keys (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                         (_SERVER_KEY, candidate))
+            return bytes(_one(conn.execute("SELECT value FROM server_keys WHERE name = %s", (_SERVER_KEY,)))[0])
 
         return await self._call(tx)
 

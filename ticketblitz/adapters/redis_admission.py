@@ -4,29 +4,38 @@ records of bookings accepted but not yet in the store. Key layout: `redis_script
 
 It is a cache of the store, never the guarantee. `ensure` rebuilds it from `store.edge_snapshot()` when
 the ready marker is missing; every script checks the marker, so a Redis lost while running (restart,
-FLUSHDB) is noticed by the next call, which rebuilds from the same store and asks once more.
+FLUSHDB) is noticed by the next call, which rebuilds from the same store and asks once more; `invalidate`
+drops the marker on purpose.
+
+An admit whose answer is not heard (a stalled Redis, a lost connection) raises Unavailable although the
+script may have run: the caller `abandon`s the batch, which undoes what did run and leaves a tombstone
+that refuses an admit of the batch still on its way. Every script may run twice (a client retry after a
+lost connection) with the same effect as once.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import orjson
 import trio
 from redis.commands.core import Script
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
 
 from ..codec import booking_from_json, booking_to_json
 from ..domain.errors import BookingError, LimitExceeded, SeatUnavailable, SoldOut, Unavailable
 from ..domain.model import Booking, BookingStatus
-from ..ports import AdmitItem, AdmitResult, EdgeSnapshot, Store
+from ..ports import AdmitItem, AdmitResult, EdgeSnapshot, PendingRecord, Store
 from .memory_admission import inventory_from
 from .redis_locks import RedisLink
+
+log = logging.getLogger("ticketblitz.admission")
 
 READY_KEY = "tb:edge:ready"
 REBUILD_LOCK_KEY = "tb:edge:rebuild"
@@ -36,6 +45,9 @@ REBUILD_POLL_S = 0.05
 REBUILD_CHUNK = 200  # commands per pipeline round trip while rebuilding
 HASH_FIELDS_PER_COMMAND = 1000
 EDGE_MISSING = "edge_missing"  # what a script answers when the ready marker is gone
+# How long the tombstone of an abandoned booking refuses a late admit of it: far beyond any request's life
+# in the network (the client gave up on it after `timeout`), short enough not to pile up during an outage.
+ABANDONED_TTL_S = 600
 _EVENT_PARTS = ("stock", "taken", "users", "res", "keys")
 
 Command = tuple[str | int, ...]
@@ -50,20 +62,31 @@ def pending_key(booking_id: str) -> str:
     return f"tb:pending:{booking_id}"
 
 
+def abandoned_key(booking_id: str) -> str:
+    return f"tb:abandoned:{booking_id}"
+
+
 class RedisAdmission:
     """The Admission port on Redis; same semantics as `InProcessAdmission` (one Lua call per batch)."""
 
     name = "redis"
 
-    def __init__(self, url: str, *, timeout: float = 2.0, max_threads: int = 8, pending_ttl_s: int = 86400) -> None:
+    def __init__(self, url: str, *, timeout: float = 2.0, max_threads: int = 8, pending_ttl_s: int = 86400,
+                 abandoned_ttl_s: int = ABANDONED_TTL_S, clock: Callable[[], float] = time.time) -> None:
         self.pending_ttl_s = pending_ttl_s
+        self.abandoned_ttl_s = abandoned_ttl_s
+        self._clock = clock  # the wall clock of `admitted_at` (the service's, which asks for stale admissions)
         self._link = RedisLink(url, timeout=timeout, max_threads=max_threads)
         self._store: Store | None = None  # kept from `ensure`: what a rebuild after a loss reads
         self._rebuilding = trio.Lock()  # one rebuild attempt per process at a time
+        self._forget_first = False  # an `invalidate` that could not reach Redis: the next call drops the marker
         link = self._link
         self._admit = link.script("edge_common", "edge_admit")
         self._settle = link.script("edge_common", "edge_settle")
         self._withdraw = link.script("edge_common", "edge_withdraw")
+        self._abandon = link.script("edge_common", "edge_abandon")
+        self._mark_queued = link.script("edge_common", "edge_mark_queued")
+        self._stale = link.script("edge_common", "edge_stale")
         self._release = link.script("edge_common", "edge_release")
         self._claim_rebuild = link.script("edge_claim_rebuild")
         self._finish_rebuild = link.script("edge_finish_rebuild")
@@ -98,11 +121,13 @@ class RedisAdmission:
 
     # ------------------------------------------------------------------ the port
     async def admit(self, items: Sequence[AdmitItem]) -> list[AdmitResult]:
-        """Admit in order, each item one atomic step, the whole batch in one Lua call."""
+        """Admit in order, each item one atomic step, the whole batch in one Lua call. Unavailable when the
+        answer was not heard: the script may have run, and the caller must `abandon` the batch."""
         if not items:
             return []
         requests = [_admit_request(item) for item in items]
-        replies = await self._edit(self._admit, [orjson.dumps(requests), self.pending_ttl_s], "admit")
+        admitted_at = repr(self._clock())
+        replies = await self._edit(self._admit, [orjson.dumps(requests), self.pending_ttl_s, admitted_at], "admit")
         unknown = [i for i, reply in enumerate(replies) if reply == "unknown_event"]
         if unknown and self._store is not None:
             # an event the store has but this Redis lost (evicted, or a partial loss): rebuild everything
@@ -110,13 +135,26 @@ class RedisAdmission:
             await self._link.run(lambda: self._link.client.delete(READY_KEY), "forget edge")
             await self._rebuild_if_missing()
             again = [requests[i] for i in unknown]
-            retried = await self._edit(self._admit, [orjson.dumps(again), self.pending_ttl_s], "admit")
+            retried = await self._edit(self._admit, [orjson.dumps(again), self.pending_ttl_s, admitted_at], "admit")
             for i, reply in zip(unknown, retried, strict=True):
                 replies[i] = reply
         return [_admit_result(reply, item.booking) for reply, item in zip(replies, items, strict=True)]
 
+    async def mark_queued(self, bookings: Sequence[Booking]) -> None:
+        """The queue acknowledged these bookings: their pending records say `queued` (one round trip)."""
+        if bookings:
+            ids = orjson.dumps([b.id for b in bookings])
+            await self._link.run(lambda: self._mark_queued(args=[ids]), "mark queued")
+
+    async def abandon(self, bookings: Sequence[Booking]) -> None:
+        """Undo the admissions of bookings not marked queued (script: redis_scripts/edge_abandon.lua).
+        Idempotent; when the admit never ran, a tombstone refuses it should it still arrive."""
+        if bookings:
+            abandoned = [_withdraw_request(b) for b in bookings]
+            await self._edit(self._abandon, [orjson.dumps(abandoned), self.abandoned_ttl_s], "abandon")
+
     async def withdraw(self, bookings: Sequence[Booking]) -> None:
-        """Undo the admission of bookings that were never accepted (or lost their key to another)."""
+        """Undo the admission of bookings, queued or not (they lost their key to another, or were dead-lettered)."""
         if bookings:
             withdrawn = [_withdraw_request(b) for b in bookings]
             await self._edit(self._withdraw, [orjson.dumps(withdrawn)], "withdraw")
@@ -134,7 +172,8 @@ class RedisAdmission:
         return [bool(first) for first in firsts]
 
     async def release(self, bookings: Sequence[Booking]) -> None:
-        """Seats of held bookings came back (cancelled or expired)."""
+        """Seats of held bookings came back (cancelled or expired). Idempotent: counts only the seats the
+        edge still has taken by each booking."""
         if bookings:
             released = [
                 {"booking_id": b.id, "event_id": b.event_id, "user_id": b.user_id, "seats": list(b.seat_ids)}
@@ -142,25 +181,51 @@ class RedisAdmission:
             ]
             await self._edit(self._release, [orjson.dumps(released)], "release")
 
-    async def record_rejected(self, booking: Booking) -> None:
-        """Keep the final state where reads find bookings the store has not got (the pending record)."""
-        raw = booking_to_json(booking)
-        await self._link.run(
-            lambda: self._link.client.set(pending_key(booking.id), raw, ex=self.pending_ttl_s), "record rejected")
-
-    async def pending(self, booking_id: str) -> Booking | None:
-        """A booking accepted at the edge but not yet in the store (queued), else None."""
-        raw = await self._link.run(lambda: self._link.client.get(pending_key(booking_id)), "pending")
-        if raw is None:
-            return None
+    async def invalidate(self) -> None:
+        """Drop the ready marker: the next call (of any process) rebuilds from the store. Never raises: when
+        Redis cannot be reached now, this process's next call drops the marker before anything else."""
+        self._forget_first = True
         try:
-            return booking_from_json(raw)
-        except ValueError:
-            return None  # not ours to repair: the store or the queue has the real booking
+            await self._forget_edge()
+        except Unavailable as exc:
+            log.warning("could not invalidate the edge now, the next call will: %s", exc.detail)
+
+    async def stale_admissions(self, older_than: float, limit: int) -> list[Booking]:
+        """Bookings admitted at or before `older_than` (the clock given at construction) and never marked
+        queued, oldest first (script: redis_scripts/edge_stale.lua); at most `limit`, one round trip."""
+        raws = await self._link.run(lambda: self._stale(args=[repr(older_than), limit]), "stale admissions")
+        stale = []
+        for raw in raws:
+            try:
+                stale.append(booking_from_json(raw))
+            except ValueError:
+                log.error("a pending record that is not a booking: %.200r", raw)
+        return stale
+
+    async def pending(self, booking_id: str) -> PendingRecord | None:
+        """A booking accepted at the edge but not yet settled, as its pending record says, else None."""
+        key = pending_key(booking_id)
+
+        def read() -> dict[str, str] | str | None:
+            try:
+                return self._link.client.hgetall(key)  # type: ignore[return-value]
+            except ResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                return self._link.client.get(key)  # type: ignore[return-value]
+
+        raw = await self._link.run(read, "pending")
+        return _pending_record(raw)
 
     # ------------------------------------------------------------------ scripts and rebuilds
+    async def _forget_edge(self) -> None:
+        await self._link.run(lambda: self._link.client.delete(READY_KEY), "invalidate")
+        self._forget_first = False
+
     async def _edit(self, script: Script, args: list[Any], what: str) -> Any:
         """Run an edge script; when it finds the state gone, rebuild it from the store and run it again."""
+        if self._forget_first:
+            await self._forget_edge()
         reply = await self._link.run(lambda: script(args=args), what)
         if reply == EDGE_MISSING:
             await self._rebuild_if_missing()
@@ -256,6 +321,20 @@ def _withdraw_request(b: Booking) -> dict[str, Any]:
     return request
 
 
+def _pending_record(raw: dict[str, str] | str | None) -> PendingRecord | None:
+    """The pending record as the port's value; None when absent or not ours to read."""
+    if not raw:
+        return None
+    # a string is the format before `queued` existed: the booking alone, kept only for queued bookings
+    fields = {"booking": raw, "queued": "1", "admitted_at": "0"} if isinstance(raw, str) else raw
+    try:
+        booking = booking_from_json(fields["booking"])
+        return PendingRecord(booking, queued=fields.get("queued") == "1",
+                             admitted_at=float(fields.get("admitted_at") or 0.0))
+    except (KeyError, ValueError):
+        return None  # not ours to repair: the store or the queue has the real booking
+
+
 def _admit_result(reply: str, b: Booking) -> AdmitResult:
     """The script's answer for one booking as the port's result, worded as `EdgeInventory.check`."""
     code, _, detail = reply.partition(":")
@@ -277,6 +356,8 @@ def _refusal(code: str, detail: str, b: Booking) -> BookingError:
         return SeatUnavailable(f"the seats asked for in event {event} are promised to earlier requests")
     if code == "sold_out":
         return SoldOut(f"event {event} has no {b.quantity} seat(s) left")
+    if code == "abandoned":
+        return Unavailable(f"booking {b.id} was abandoned before its admission arrived", component="lock")
     if code == "unknown_event":
         # the service adds every event it admits for; a missing one means the edge lost it
         return Unavailable(f"edge state missing for event {event}", component="lock")

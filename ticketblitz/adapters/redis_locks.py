@@ -39,6 +39,11 @@ class RedisLink:
     (`redis.asyncio` does not run under Trio.) A thread is never abandoned: a command Redis may have
     executed must report its result, else an admission could be recorded while the caller answers 503.
     The socket timeouts bound the thread; `fail_after` bounds the wait for a free thread.
+
+    A reply that does not come within `timeout` (a stalled Redis or network) is Unavailable at once, never
+    retried: the command may have run, so sending it again would double its wait and maybe its effect;
+    the caller settles the doubt (e.g. `RedisAdmission.abandon`). Only a connection error is retried, once
+    (a pooled connection Redis closed); the scripts give the same result when run twice.
     """
 
     def __init__(self, url: str, *, timeout: float, max_threads: int) -> None:
@@ -51,8 +56,9 @@ class RedisLink:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             # One immediate retry replaces a pooled connection that Redis closed (e.g. after a restart);
-            # the default (10 retries with backoff) would outlast every deadline of ours.
-            retry=Retry(NoBackoff(), 1),
+            # the default (10 retries with backoff) would outlast every deadline of ours. Timeouts are not
+            # retried (see above).
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
             decode_responses=True,
         )
 

@@ -4,14 +4,16 @@ order; only how a list is stored differs (JSON text in SQLite, arrays and jsonb 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..domain.model import Booking, BookingStatus, Counts, Event, Section
 
 BOOKING_COLUMNS = (
     "id, event_id, user_id, quantity, requested, seat_ids, status, reason, expires_at, "
-    "created_at, updated_at, idem_key, fingerprint"
+    "created_at, updated_at, idem_key, fingerprint, secret_hash"
 )
+BOOKING_COLUMN_COUNT = BOOKING_COLUMNS.count(",") + 1
 EVENT_COLUMNS = "id, name, venue, starts_at, sections, max_per_user, hold_seconds, created_at, available, held, sold"
 
 
@@ -31,6 +33,7 @@ def booking_from_row(row: Sequence[Any], as_list: Callable[[Any], Iterable[Any]]
         updated_at=row[10],
         idempotency_key=row[11],
         fingerprint=row[12],
+        secret_hash=row[13],
     )
 
 
@@ -47,3 +50,9 @@ def event_from_row(row: Sequence[Any], as_list: Callable[[Any], Iterable[Any]] =
         created_at=row[7],
         counts=Counts(available=row[8], held=row[9], sold=row[10]),
     )
+
+
+def rejected_booking(booking: Booking, reason: str, now: float, *, keep_key: bool = True) -> Booking:
+    """`booking` as `Store.reject` records it: rejected with `reason`, no seats, its key only when kept."""
+    return replace(booking, status=BookingStatus.REJECTED, reason=reason, seat_ids=(), updated_at=now,
+                   idempotency_key=booking.idempotency_key if keep_key else None)

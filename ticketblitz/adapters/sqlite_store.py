@@ -3,11 +3,32 @@
 One writer connection serves every write in a worker thread, one at a time; a second connection
 serves reads, which WAL lets run beside the writer. A deadline is enforced inside SQLite itself
 (progress handler), so a call that overruns is rolled back, never left half-done.
+
+What a caller hears is what happened (`_Conn.transaction`):
+
+- The deadline runs from the call, so time spent waiting for the writer counts; a call whose deadline
+  passed before its turn does nothing. `trio.fail_after` cannot stop a worker thread that does not
+  abandon (the Trio task waits for it and gets its result, and a result returned in time is never
+  turned into `TooSlowError`): it only bounds the wait for the writer, before anything ran.
+- Until COMMIT, any failure (an interrupt, an error, the deadline found passed) rolls back.
+- COMMIT itself runs with no deadline and no checkpoint in it: SQLite reports an automatic WAL
+  checkpoint's error as the COMMIT's, although the transaction is durable by then, and a progress
+  handler that fires at the end of a COMMIT may interrupt it after it committed. So a COMMIT that
+  raises did not commit; it is rolled back if SQLite left the transaction open (it does, e.g. after a
+  deferred constraint failure or an interrupt), and when even ROLLBACK fails, the connection is closed
+  (which discards the transaction) and opened again. The connection never stays inside a transaction.
+- The WAL is checkpointed after commits instead, about every `_CHECKPOINT_PAGES` pages as SQLite would
+  (the interval in commits adapts to the pages that each checkpoint found); a failed checkpoint is
+  logged and retried later, the commit stands.
+
+Residual: a COMMIT whose fsync fails may, after a crash, still be found in the WAL (as with any
+database that trusts fsync's error report); its caller heard `Unavailable`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -22,9 +43,22 @@ from ..domain import rules
 from ..domain.errors import NotFound, Unavailable
 from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus
 from ..ports import EdgeSnapshot, Fences
-from .rows import BOOKING_COLUMNS, EVENT_COLUMNS, booking_from_row, event_from_row
+from .rows import (
+    BOOKING_COLUMN_COUNT,
+    BOOKING_COLUMNS,
+    EVENT_COLUMNS,
+    booking_from_row,
+    event_from_row,
+    rejected_booking,
+)
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_PROGRESS_OPS = 2000  # SQLite VM steps between two looks at the deadline
+_CHECKPOINT_PAGES = 1000  # WAL pages between checkpoints, as SQLite's own wal_autocheckpoint
+_SERVER_KEY = "booking_secret"
+_CHUNK = 500  # ids per IN (...) list
 
 MIGRATIONS: list[str] = [
     # 1: the whole first schema
@@ -85,7 +119,45 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE seats ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: the hash of each booking's secret; the outbox of edge releases (cancelled or expired bookings
+    # whose seats the edge has not yet been told about); the deployment's keys
+    """
+    ALTER TABLE bookings ADD COLUMN secret_hash TEXT;
+    ALTER TABLE bookings ADD COLUMN edge_due INTEGER NOT NULL DEFAULT 0
+        CHECK (edge_due = 0 OR (edge_due = 1 AND status IN ('cancelled', 'expired')));
+    CREATE INDEX bookings_edge_due ON bookings(updated_at, id) WHERE edge_due = 1;
+    CREATE TABLE server_keys (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+    """,
 ]
+
+# The seat map documents of `seat_map_json`, built by SQLite: one row, one string, no per-seat Python
+# (json_object and json_quote escape what JSON needs, as orjson does).
+_SEAT_MAP_SQL = {
+    "api": """
+        SELECT CAST('{"event_id":' || json_quote(e.id) || ',"seats":' || (
+            SELECT json_group_array(json_object('id', s.id, 'section', s.section, 'row', s.row,
+                                                'number', s.number, 'status', s.status))
+            FROM (SELECT id, section, row, number, status FROM seats WHERE event_id = e.id ORDER BY position) s
+        ) || '}' AS BLOB)
+        FROM events e WHERE e.id = ?
+    """,
+    "compat": """
+        SELECT CAST('{"eventId":' || json_quote(e.id) || ',"seats":' || (
+            SELECT json_group_array(json_object(
+                'number', s.position, 'id', s.id,
+                'status', CASE s.status WHEN 'available' THEN 'AVAILABLE' WHEN 'held' THEN 'LOCKED' ELSE 'BOOKED' END))
+            FROM (SELECT position, id, status FROM seats WHERE event_id = e.id ORDER BY position) s
+        ) || '}' AS BLOB)
+        FROM events e WHERE e.id = ?
+    """,
+}
+_SEAT_COLUMNS = "id, section, row, number, position, status"
+# The cheap reads, each on its index. INDEXED BY: without statistics SQLite would walk the event's primary
+# key and filter on status, which reads the whole sold front of a 200,000-seat map.
+_FIRST_AVAILABLE_SQL = (f"SELECT {_SEAT_COLUMNS} FROM seats INDEXED BY seats_available "
+                        "WHERE event_id = ? AND status = 'available' ORDER BY position LIMIT 1")
+_EDGE_DUE_SQL = (f"SELECT {BOOKING_COLUMNS} FROM bookings INDEXED BY bookings_edge_due "
+                 "WHERE edge_due = 1 AND updated_at <= ? ORDER BY updated_at, id LIMIT ?")
 
 
 def _booking(row: Sequence[Any]) -> Booking:
@@ -96,31 +168,119 @@ def _event(row: Sequence[Any]) -> Event:
     return event_from_row(row, json.loads)
 
 
-
 def _json_list(values: Sequence[str]) -> str:
     return orjson.dumps(list(values)).decode()
 
 
+def _booking_values(b: Booking) -> tuple[Any, ...]:
+    """A booking as the values of BOOKING_COLUMNS."""
+    return (b.id, b.event_id, b.user_id, b.quantity, _json_list(b.requested_seats), _json_list(b.seat_ids),
+            b.status.value, b.reason, b.expires_at, b.created_at, b.updated_at, b.idempotency_key, b.fingerprint,
+            b.secret_hash)
 
 
+_INSERT_BOOKING = f"INSERT INTO bookings ({BOOKING_COLUMNS}) VALUES ({','.join('?' * BOOKING_COLUMN_COUNT)})"
+
+
+def _seat(row: Sequence[Any]) -> Seat:
+    return Seat(row[0], row[1], row[2], row[3], row[4], SeatStatus(row[5]))
+
+
+def _seat_statuses_sql(n: int) -> str:
+    return f"SELECT id, status FROM seats WHERE event_id = ? AND id IN ({','.join('?' * n)})"  # UNIQUE (event_id, id)
+
+
+def _chunks(values: Sequence[str]) -> list[Sequence[str]]:
+    return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
 
 
 class _Conn:
     """A SQLite connection used from one worker thread at a time, with a per-call deadline."""
 
-    def __init__(self, path: Path, *, readonly: bool) -> None:
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        if readonly:
-            self.db.execute("PRAGMA query_only=ON")
+    def __init__(self, path: Path, *, readonly: bool, busy_timeout: float) -> None:
+        self.path = path
+        self.readonly = readonly
+        self.busy_timeout = busy_timeout
         self.deadline = float("inf")
-        self.db.set_progress_handler(self._overdue, 2000)
         self.limiter = trio.CapacityLimiter(1)
+        self.commits = 0  # since the last checkpoint
+        self.checkpoint_every = 1  # commits; adapts to the pages the commits write
+        self.db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                             timeout=self.busy_timeout)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        if self.readonly:
+            db.execute("PRAGMA query_only=ON")
+        else:
+            db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run after commits, never inside one
+        db.set_progress_handler(self._overdue, _PROGRESS_OPS)
+        return db
 
     def _overdue(self) -> int:
         return 1 if time.monotonic() > self.deadline else 0
+
+    def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`fn` in one write transaction; see the module docstring for what a failure leaves behind."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+            if time.monotonic() > self.deadline:  # the caller gives up now: commit nothing it will not hear of
+                raise Unavailable("the store transaction overran its deadline", component="store")
+        except BaseException:
+            self._abort()
+            raise
+        # From here on the outcome is COMMIT's alone: nothing may interrupt it (our handler, put back in
+        # case `fn` set another, sees no deadline).
+        self.deadline = float("inf")
+        db.set_progress_handler(self._overdue, _PROGRESS_OPS)
+        try:
+            db.execute("COMMIT")
+        except BaseException:
+            self._abort()
+            raise
+        self._checkpoint_now_and_then()
+        return result
+
+    def _abort(self) -> None:
+        """Leave no transaction open, whatever failed: roll back, or failing that start a new connection."""
+        self.deadline = float("inf")  # a rollback must not be interrupted
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("sqlite store: ROLLBACK failed (%s); reopening the connection", exc)
+            self.reopen()
+
+    def reopen(self) -> None:
+        """A fresh connection; closing the old one discards whatever transaction it still had."""
+        old, self.db = self.db, None  # type: ignore[assignment]
+        try:
+            old.close()
+        except sqlite3.Error:
+            pass
+        self.db = self._connect()  # may raise: then `broken`, and the next call tries again
+
+    @property
+    def broken(self) -> bool:
+        return self.db is None
+
+    def _checkpoint_now_and_then(self) -> None:
+        self.commits += 1
+        if self.commits < self.checkpoint_every:
+            return
+        try:
+            _busy, pages, _copied = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # the commit stands; the next checkpoint copies what this one did not
+            log.warning("sqlite store: WAL checkpoint failed: %s", exc)
+        else:
+            if pages > 0:  # the WAL restarts after a complete checkpoint: `pages` is about what these commits wrote
+                self.checkpoint_every = max(1, min(1000, self.commits * _CHECKPOINT_PAGES // pages))
+        self.commits = 0
 
 
 class SqliteStore:
@@ -137,15 +297,18 @@ class SqliteStore:
     # ------------------------------------------------------------------ plumbing
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await trio.to_thread.run_sync(lambda: _Conn(self.path, readonly=False))
+        self._writer = await trio.to_thread.run_sync(
+            lambda: _Conn(self.path, readonly=False, busy_timeout=self.timeout))
         await self._write(self._migrate)
-        self._reader = await trio.to_thread.run_sync(lambda: _Conn(self.path, readonly=True))
+        self._reader = await trio.to_thread.run_sync(
+            lambda: _Conn(self.path, readonly=True, busy_timeout=self.timeout))
 
     async def close(self) -> None:
         for conn in (self._reader, self._writer):
             if conn is not None:
                 async with conn.limiter:
-                    conn.db.close()
+                    if not conn.broken:
+                        conn.db.close()
         self._reader = self._writer = None
 
     async def ping(self) -> None:
@@ -154,24 +317,23 @@ class SqliteStore:
     async def _run(self, conn: _Conn | None, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         if conn is None:
             raise Unavailable("the store is not open", component="store")
+        deadline = time.monotonic() + self.timeout  # from the call: waiting for the connection counts
 
         def call() -> T:
-            conn.deadline = time.monotonic() + self.timeout
+            if time.monotonic() > deadline:  # its turn came too late: do nothing, the caller hears Unavailable
+                raise Unavailable("the store did not answer in time", component="store")
+            if conn.broken:
+                conn.reopen()
+            conn.deadline = deadline
             try:
-                if not write:
-                    return fn(conn.db)
-                conn.db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(conn.db)
-                except BaseException:
-                    conn.db.execute("ROLLBACK")
-                    raise
-                conn.db.execute("COMMIT")
-                return result
+                return conn.transaction(fn) if write else fn(conn.db)
             finally:
                 conn.deadline = float("inf")
 
         try:
+            # Only the wait for the connection can end here: once the thread runs, this task waits for
+            # it (no abandoning: the connection is the thread's until it ends), and the progress handler
+            # bounds the thread instead.
             with trio.fail_after(self.timeout + 1.0):
                 return await trio.to_thread.run_sync(call, limiter=conn.limiter)
         except trio.TooSlowError:
@@ -235,11 +397,30 @@ class SqliteStore:
     async def seats(self, event_id: str) -> list[Seat]:
         rows = await self._read(
             lambda db: db.execute(
-                "SELECT id, section, row, number, position, status FROM seats WHERE event_id = ? ORDER BY position",
-                (event_id,),
+                f"SELECT {_SEAT_COLUMNS} FROM seats WHERE event_id = ? ORDER BY position", (event_id,)
             ).fetchall()
         )
-        return [Seat(r[0], r[1], r[2], r[3], r[4], SeatStatus(r[5])) for r in rows]
+        return [_seat(r) for r in rows]
+
+    async def seat_map_json(self, event_id: str, form: str) -> bytes | None:
+        statement = _SEAT_MAP_SQL[form]  # KeyError: a caller's bug, not a request's
+        row = await self._read(lambda db: db.execute(statement, (event_id,)).fetchone())
+        return bytes(row[0]) if row else None
+
+    async def seat_statuses(self, event_id: str, seat_ids: Sequence[str]) -> dict[str, SeatStatus]:
+        wanted = list(dict.fromkeys(seat_ids))
+
+        def read(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows: list[tuple[str, str]] = []
+            for part in _chunks(wanted):
+                rows += db.execute(_seat_statuses_sql(len(part)), (event_id, *part)).fetchall()
+            return rows
+
+        return {r[0]: SeatStatus(r[1]) for r in await self._read(read)} if wanted else {}
+
+    async def first_available(self, event_id: str) -> Seat | None:
+        row = await self._read(lambda db: db.execute(_FIRST_AVAILABLE_SQL, (event_id,)).fetchone())
+        return _seat(row) if row else None
 
     # ------------------------------------------------------------------ bookings
     async def get_booking(self, booking_id: str) -> Booking | None:
@@ -260,12 +441,7 @@ class SqliteStore:
     def _insert(db: sqlite3.Connection, b: Booking) -> Booking | None:
         """Insert one booking; when its id or its Idempotency-Key is already stored, return that booking."""
         try:
-            db.execute(
-                f"INSERT INTO bookings ({BOOKING_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (b.id, b.event_id, b.user_id, b.quantity, _json_list(b.requested_seats),
-                 _json_list(b.seat_ids), b.status.value, b.reason, b.expires_at, b.created_at,
-                 b.updated_at, b.idempotency_key, b.fingerprint),
-            )
+            db.execute(_INSERT_BOOKING, _booking_values(b))
         except sqlite3.IntegrityError:
             # the same booking delivered again, or its Idempotency-Key already taken by another booking
             row = db.execute(f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = ?", (b.id,)).fetchone()
@@ -437,8 +613,9 @@ class SqliteStore:
         ).rowcount
         db.execute("UPDATE events SET held = held - ?, available = available + ? WHERE id = ?",
                    (n, n, booking.event_id))
+        # ... and the edge must hear of it: due until `edge_done`, whatever happens after this commit
         db.execute(
-            "UPDATE bookings SET status = ?, updated_at = ? WHERE id = ? AND status = 'held'",
+            "UPDATE bookings SET status = ?, updated_at = ?, edge_due = 1 WHERE id = ? AND status = 'held'",
             (status.value, now, booking.id),
         )
         return replace(booking, status=status, updated_at=now)
@@ -461,6 +638,58 @@ class SqliteStore:
             return [self._release(db, _booking(r), BookingStatus.EXPIRED, now) for r in rows]
 
         return await self._write(tx)
+
+    async def edge_due(self, older_than: float, limit: int) -> list[Booking]:
+        rows = await self._read(lambda db: db.execute(_EDGE_DUE_SQL, (older_than, limit)).fetchall())
+        return [_booking(r) for r in rows]
+
+    async def edge_done(self, booking_ids: Sequence[str]) -> None:
+        ids = list(dict.fromkeys(booking_ids))
+
+        def tx(db: sqlite3.Connection) -> None:
+            for part in _chunks(ids):
+                db.execute(
+                    f"UPDATE bookings SET edge_due = 0 WHERE edge_due = 1 AND id IN ({','.join('?' * len(part))})",
+                    part,
+                )
+
+        if ids:
+            await self._write(tx)
+
+    async def reject(self, bookings: Sequence[Booking], reason: str, now: float, *, insert: bool = False,
+                     keep_key: bool = True) -> list[tuple[Booking, bool]]:
+        def tx(db: sqlite3.Connection) -> list[tuple[Booking, bool]]:
+            return [self._reject_one(db, b, reason, now, insert, keep_key) for b in bookings]
+
+        return await self._write(tx) if bookings else []
+
+    def _reject_one(self, db: sqlite3.Connection, booking: Booking, reason: str, now: float, insert: bool,
+                    keep_key: bool) -> tuple[Booking, bool]:
+        row = db.execute(f"SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = ?", (booking.id,)).fetchone()
+        if row is not None:
+            stored = _booking(row)
+            if stored.status is not BookingStatus.PENDING:
+                return stored, False
+            db.execute(
+                "UPDATE bookings SET status = 'rejected', reason = ?, seat_ids = '[]', updated_at = ? "
+                "WHERE id = ? AND status = 'pending'",
+                (reason, now, booking.id),
+            )
+            return rejected_booking(stored, reason, now), True
+        if not insert:
+            raise NotFound(f"booking {booking.id} is not in the store")
+        if db.execute("SELECT 1 FROM events WHERE id = ?", (booking.event_id,)).fetchone() is None:
+            raise NotFound(f"event {booking.event_id} of booking {booking.id} does not exist")  # nowhere to record it
+        rejected = rejected_booking(booking, reason, now, keep_key=keep_key)
+        twin = self._insert(db, rejected)  # only a key's twin: the id is not stored
+        return (twin, False) if twin is not None else (rejected, True)
+
+    async def server_key(self, candidate: bytes) -> bytes:
+        def tx(db: sqlite3.Connection) -> bytes:
+            db.execute("INSERT OR IGNORE INTO server_keys (name, value) VALUES (?, ?)", (_SERVER_KEY, candidate))
+            return bytes(db.execute("SELECT value FROM server_keys WHERE name = ?", (_SERVER_KEY,)).fetchone()[0])
+
+        return await self._write(tx)  # BEGIN IMMEDIATE: one writer at a time, across processes too
 
     async def edge_snapshot(self) -> EdgeSnapshot:
         def read(db: sqlite3.Connection) -> EdgeSnapshot:

@@ -32,6 +32,22 @@ class MalformedRequest(BookingError):
     title = "Malformed request"
 
 
+class Unauthorized(BookingError):
+    """No credential where one is needed (401)."""
+
+    code = "unauthorized"
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(BookingError):
+    """A credential that does not open this door (403)."""
+
+    code = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
 class NotFound(BookingError):
     code = "not_found"
     status = 404

@@ -109,15 +109,22 @@ class EdgeInventory:
         stock.taken.update(dict.fromkeys(held, booking_id))
         self._add_user(stock, reservation.user_id, len(held) - reservation.quantity)
 
-    def release(self, booking_id: str, event_id: str, user_id: str, seats: Iterable[str]) -> None:
-        """Seats of a held booking came back (cancelled or expired)."""
+    def release(self, booking_id: str, event_id: str, user_id: str, seats: Iterable[str]) -> tuple[str, ...]:
+        """Seats of a held booking came back (cancelled or expired); returns the seats this call freed.
+
+        Idempotent: frees only those of `seats` the edge still counts as taken by this booking, and moves
+        `remaining` and the user's count by exactly that many, so that a retried or repeated release, or
+        one after a rebuild that already counted them free, changes nothing. A reservation still recorded
+        for the booking is stale (its settle never landed before the store ended it) and is given back too.
+        """
         stock = self._events.get(event_id)
         if stock is None:
-            return
-        seats = tuple(seats)
-        stock.remaining += len(seats)
-        self._untake(stock, seats, booking_id)
-        self._add_user(stock, user_id, -len(seats))
+            return ()
+        self.settle(booking_id, ())
+        freed = self._untake(stock, seats, booking_id)
+        stock.remaining += len(freed)
+        self._add_user(stock, user_id, -len(freed))
+        return freed
 
     def restore(self, booking_id: str, event_id: str, user_id: str, seats: Iterable[str]) -> None:
         """At rebuild: seats the booking already holds or bought in the store."""
@@ -127,10 +134,14 @@ class EdgeInventory:
         self._add_user(stock, user_id, len(seats))
 
     @staticmethod
-    def _untake(stock: EventStock, seats: Iterable[str], booking_id: str) -> None:
+    def _untake(stock: EventStock, seats: Iterable[str], booking_id: str) -> tuple[str, ...]:
+        """Free those of `seats` that this booking itself has in `taken`; returns them."""
+        freed = []
         for seat in seats:
             if stock.taken.get(seat) == booking_id:
                 del stock.taken[seat]
+                freed.append(seat)
+        return tuple(freed)
 
     def restore_pending(
         self, booking_id: str, event_id: str, user_id: str, quantity: int, seats: tuple[str, ...]

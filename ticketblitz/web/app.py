@@ -4,13 +4,13 @@ map domain errors to problem+json (in `problem_of`, the one mapping)."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+import trio
 from quart import Response, g, request, send_from_directory, websocket
 from quart_schema import (
     QuartSchema,
@@ -19,15 +19,16 @@ from quart_schema import (
     document_request,
     document_response,
     hide,
+    security_scheme,
     tag,
 )
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .. import intake
-from ..domain.errors import BookingError, SoldOut
-from ..domain.model import SeatStatus
-from ..policy import check_json_body
+from ..domain.errors import BookingError, Forbidden, SoldOut, Unauthorized
+from ..domain.ownership import is_token
+from ..policy import API_HEADERS, PAGE_HEADERS, bearer, check_json_body, cors_headers
 from ..representation import (
     booking_json,
     compat_seat_json,
@@ -35,7 +36,6 @@ from ..representation import (
     http_code,
     problem,
     problem_of,
-    seat_json,
 )
 from ..schemas import (
     BookingIn,
@@ -50,8 +50,9 @@ from ..schemas import (
     EventOut,
     EventsOut,
     IdempotencyHeaders,
-    Problem,
+    NewBookingOut,
     ReadyOut,
+    ReadyProblem,
     SeatsOut,
     StatusOut,
     WaitQuery,
@@ -59,6 +60,8 @@ from ..schemas import (
     parse_wait,
 )
 from ..service import BookingService
+from ..telemetry import Subscriber
+from .openapi import BOOKING_OWNER, TicketBlitzOpenAPI, problems, quart_security_schemes
 
 log = logging.getLogger("ticketblitz.web")
 
@@ -69,11 +72,20 @@ a seat twice and without losing an accepted request.
 
 * Booking requests are validated, admitted at the edge and queued durably: `202` means the booking
   WILL reach a decision (`held` or `rejected`); poll `GET /api/bookings/{id}?wait=N`.
+* A booking belongs to whoever holds its `secret`, which only the answer that created it (and an
+  `Idempotency-Key` repeat) carries: reading, long-polling, confirming and cancelling it need
+  `Authorization: Bearer <secret>` (or the admin token). Without an `Authorization` header `401`; with a
+  secret that is not this booking's `404`, whether or not the booking exists.
+* Organizer routes (`POST /api/events`) need `Authorization: Bearer <admin token>`: `401` without,
+  `403` with a wrong one. Reading events and seats and the operations routes need no token.
+* `POST` bodies must be sent as `Content-Type: application/json` (`415` otherwise); bodies over the
+  limit (64 KiB by default) get `413`.
 * Every error is `application/problem+json` with a `code` (see API.md). A `422` names the field in
-  `detail` and in the extra member `field`.
+  `detail` and in the extra member `field`; a `503` may name the failed backing service in `component`;
+  `429` (and `503` when retrying may help) carries `Retry-After`.
 * Unknown fields in the bodies of `/api/...` routes are refused (`422`); the original's compat routes
-  ignore them. Request bodies are parsed as JSON whatever their Content-Type.
-* `405` (method not allowed) answers with code `invalid_request`.
+  ignore them.
+* A method a path does not serve answers `405` with code `invalid_request`; an unknown path `404`.
 """
 
 
@@ -96,10 +108,11 @@ def create_app(service: BookingService) -> QuartTrio:
     app.config["QUART_SCHEMA_CONVERSION_PREFERENCE"] = "pydantic"
     QuartSchema(
         app,
-        info={"title": "TicketBlitz", "version": "1", "description": DESCRIPTION},
-        security_schemes={"admin": {"type": "http", "scheme": "bearer"}},
+        info={"title": "TicketBlitz", "version": "1.1", "description": DESCRIPTION},
+        security_schemes=quart_security_schemes(),
         redoc_ui_path=None,
         scalar_ui_path=None,
+        openapi_provider_class=TicketBlitzOpenAPI,
     )
     telemetry = service.telemetry
 
@@ -107,12 +120,26 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.before_request
     async def _start_clock() -> None:
         g.started = time.perf_counter()
+        # Take in the whole body before anything answers (401, 404, 405, a handler that ignores it):
+        # Hypercorn leaves a keep-alive connection stalled when the answer goes out while the body is
+        # still arriving, and the client's next request on it waits forever. (A body announced over
+        # the limit is not read here: the route refuses it with 413 if it reads bodies.)
+        length = request.content_length
+        chunked = length is None and "Transfer-Encoding" in request.headers
+        if chunked or (length and length <= settings.max_body_bytes):
+            await request.get_data(cache=True)
 
     @app.after_request
     async def _record(response: Response) -> Response:
         started = getattr(g, "started", None)
         if started is not None:
             telemetry.record_request(response.status_code, time.perf_counter() - started)
+        page = request.path == "/" or request.path.startswith("/static/")
+        for name, value in (PAGE_HEADERS if page else API_HEADERS).items():
+            response.headers.setdefault(name, value)
+        for name, value in cors_headers(settings.cors_origin_set, request.headers.get("Origin"),
+                                        preflight=request.method == "OPTIONS").items():
+            response.headers[name] = value
         return response
 
     @app.errorhandler(BookingError)
@@ -127,9 +154,11 @@ def create_app(service: BookingService) -> QuartTrio:
         detail = error.description or error.name
         if status == 404:
             detail = f"no route {request.method} {request.path}" if request else "not found"
+        # a 405 must say which methods the path serves (RFC 9110, section 15.5.6)
+        headers = {name: value for name, value in error.get_headers() if name.lower() == "allow"}
         if status == 413:
             detail = f"body: larger than the limit of {settings.max_body_bytes} bytes"
-        return problem_response(status, code, error.name, detail)
+        return problem_response(status, code, error.name, detail, headers=headers or None)
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
@@ -137,19 +166,17 @@ def create_app(service: BookingService) -> QuartTrio:
         return problem_response(503, "unavailable", "Service unavailable",
                                 "the server could not complete the request; nothing was changed")
 
-    def require_admin() -> None:
-        header = request.headers.get("Authorization", "")
-        if not header:
-            raise _AuthError(401, "unauthorized", "an organizer route needs Authorization: Bearer <admin token>")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                                 settings.admin_token.encode()):
-            raise _AuthError(403, "forbidden", "the admin token is not valid")
+    def credential() -> str | None:
+        """The bearer credential of the request (None: no Authorization header)."""
+        return bearer({"authorization": request.headers["Authorization"]} if "Authorization" in request.headers
+                      else {})
 
-    @app.errorhandler(_AuthError)
-    async def _auth_error(error: _AuthError) -> Response:
-        return problem_response(error.status, error.code, "Unauthorized" if error.status == 401 else "Forbidden",
-                                error.detail)
+    def require_admin() -> None:
+        token = credential()
+        if token is None:
+            raise Unauthorized("an organizer route needs Authorization: Bearer <admin token>")
+        if not is_token(settings.admin_token, token):  # an empty admin token never opens anything
+            raise Forbidden("the admin token is not valid")
 
     async def raw_body() -> bytes:
         raw: bytes = await request.get_data(cache=False, as_text=False)  # type: ignore[assignment]
@@ -168,11 +195,10 @@ def create_app(service: BookingService) -> QuartTrio:
     # ------------------------------------------------------------------ events
     @app.post("/api/events")
     @tag(["events"])
+    @security_scheme([{"admin": []}])
     @document_request(EventIn)
     @document_response(EventOut, 201)
-    @document_response(Problem, 401)
-    @document_response(Problem, 403)
-    @document_response(Problem, 422)
+    @problems(400, 401, 403, 413, 415, 422, 503)
     async def create_event() -> Response:
         """Create an event and its seats (organizer; needs the admin token)."""
         require_admin()
@@ -183,6 +209,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.get("/api/events")
     @tag(["events"])
     @document_response(EventsOut)
+    @problems(503)
     async def list_events() -> Response:
         """Every event with its counts."""
         return json_response({"events": [event_json(e) for e in await service.events()]})
@@ -190,7 +217,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.get("/api/events/<event_id>")
     @tag(["events"])
     @document_response(EventOut)
-    @document_response(Problem, 404)
+    @problems(404, 503)
     async def get_event(event_id: str) -> Response:
         """One event with its counts."""
         return json_response(event_json(await service.event(event_id)))
@@ -198,24 +225,19 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.get("/api/events/<event_id>/seats")
     @tag(["events"])
     @document_response(SeatsOut)
-    @document_response(Problem, 404)
+    @problems(404, 503)
     async def get_seats(event_id: str) -> Response:
-        """The event's seat map with each seat's status."""
-        seats = await service.seats(event_id)
-        return json_response({"event_id": event_id, "seats": [seat_json(s) for s in seats]})
+        """The event's seat map with each seat's status (at most one build stale: see the README)."""
+        return Response(await service.seat_map(event_id, "api"), content_type="application/json")
 
     # ------------------------------------------------------------------ bookings
     @app.post("/api/events/<event_id>/bookings")
     @tag(["bookings"])
     @document_request(BookingIn)
     @document_headers(IdempotencyHeaders)
-    @document_response(BookingOut, 202)
-    @document_response(BookingOut, 200)
-    @document_response(Problem, 404)
-    @document_response(Problem, 409)
-    @document_response(Problem, 422)
-    @document_response(Problem, 429)
-    @document_response(Problem, 503)
+    @document_response(NewBookingOut, 202)
+    @document_response(NewBookingOut, 200)
+    @problems(400, 404, 409, 413, 415, 422, 429, 503)
     async def create_booking(event_id: str) -> Response:
         """Ask for seats: `202` pending (durably queued), `200` on an Idempotency-Key repeat, `409` when
         the edge already knows the answer."""
@@ -223,34 +245,40 @@ def create_app(service: BookingService) -> QuartTrio:
 
     @app.get("/api/bookings/<booking_id>")
     @tag(["bookings"])
+    @security_scheme(BOOKING_OWNER)
     @document_querystring(WaitQuery)
     @document_response(BookingOut)
-    @document_response(Problem, 404)
+    @problems(401, 404, 422, 429, 503)
     async def get_booking(booking_id: str) -> Response:
         """A booking; `?wait=N` long-polls up to N seconds until it leaves `pending`."""
         wait = parse_wait(request.args.get("wait"))
-        return json_response(booking_json(await service.booking(booking_id, wait)))
+        return json_response(booking_json(await service.booking(booking_id, credential(), wait)))
 
     @app.post("/api/bookings/<booking_id>/confirm")
     @tag(["bookings"])
+    @security_scheme(BOOKING_OWNER)
     @document_response(BookingOut)
-    @document_response(Problem, 409)
+    @problems(401, 404, 409, 413, 415, 503)
     async def confirm_booking(booking_id: str) -> Response:
         """Buy a held booking: its seats become `sold` (idempotent on a confirmed booking)."""
-        return json_response(booking_json(await service.confirm(booking_id)))
+        return json_response(booking_json(await service.confirm(booking_id, credential())))
 
     @app.post("/api/bookings/<booking_id>/cancel")
     @tag(["bookings"])
+    @security_scheme(BOOKING_OWNER)
     @document_response(BookingOut)
-    @document_response(Problem, 409)
+    @problems(401, 404, 409, 413, 415, 503)
     async def cancel_booking(booking_id: str) -> Response:
         """Release a held booking: its seats become `available`."""
-        return json_response(booking_json(await service.cancel(booking_id)))
+        return json_response(booking_json(await service.cancel(booking_id, credential())))
 
     # ------------------------------------------------------------------ the original's routes
     @tag(["original"])
     @document_request(CompatBookingIn)
+    @document_headers(IdempotencyHeaders)
     @document_response(CompatQueuedOut, 202)
+    @document_response(CompatQueuedOut, 200)
+    @problems(400, 404, 413, 415, 422, 429, 503)
     async def book_async() -> Response:
         """The original's queued path: every valid request is queued (`202`); the booking's final status
         is the outcome."""
@@ -262,9 +290,9 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.post("/api/book-secure")
     @tag(["original"])
     @document_request(CompatBookingIn)
+    @document_headers(IdempotencyHeaders)
     @document_response(CompatBookedOut)
-    @document_response(Problem, 409)
-    @document_response(Problem, 429)
+    @problems(400, 404, 409, 413, 415, 422, 429, 503)
     async def book_secure() -> Response:
         """The original's locked path: seat lock, then store write; `429` while another request holds the lock."""
         return await intake_response(intake.book_secure)
@@ -272,8 +300,9 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.post("/api/book-naive")
     @tag(["original"])
     @document_request(CompatBookingIn)
+    @document_headers(IdempotencyHeaders)
     @document_response(CompatBookedOut)
-    @document_response(Problem, 409)
+    @problems(400, 404, 409, 413, 415, 422, 429, 503)
     async def book_naive() -> Response:
         """The original's unlocked path: read, then conditional write; the store refuses a second buyer."""
         return await intake_response(intake.book_naive)
@@ -282,28 +311,29 @@ def create_app(service: BookingService) -> QuartTrio:
     @tag(["original"])
     @document_querystring(CompatEventQuery)
     @document_response(CompatSeatsOut)
+    @problems(404, 503)
     async def compat_seats() -> Response:
         """The event's seats numbered 1..capacity, status AVAILABLE / LOCKED / BOOKED."""
         event = await service.compat_event(request.args.get("eventId"))
-        seats = await service.seats(event.id)
-        return json_response({"eventId": event.id, "seats": [compat_seat_json(s) for s in seats]})
+        return Response(await service.seat_map(event.id, "compat"), content_type="application/json")
 
     @app.get("/api/random-seat")
     @tag(["original"])
     @document_querystring(CompatEventQuery)
     @document_response(CompatSeatOut)
-    @document_response(Problem, 409)
+    @problems(404, 409, 503)
     async def compat_random_seat() -> Response:
         """The first available seat (`409 sold_out` when none is left)."""
         event = await service.compat_event(request.args.get("eventId"))
-        for seat in await service.seats(event.id):
-            if seat.status is SeatStatus.AVAILABLE:
-                return json_response(compat_seat_json(seat))
-        raise SoldOut(f"event {event.id} has no seat left")
+        seat = await service.first_available_seat(event.id)
+        if seat is None:
+            raise SoldOut(f"event {event.id} has no seat left")
+        return json_response(compat_seat_json(seat))
 
     @app.get("/health")
     @tag(["original"])
     @document_response(StatusOut)
+    @problems(503)
     async def compat_health() -> Response:
         """Liveness, as the original answered it."""
         return json_response({"status": "ok"})
@@ -312,6 +342,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.get("/healthz")
     @tag(["operations"])
     @document_response(StatusOut)
+    @problems(503)
     async def healthz() -> Response:
         """200 while the process runs."""
         return json_response({"status": "ok"})
@@ -319,7 +350,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @app.get("/readyz")
     @tag(["operations"])
     @document_response(ReadyOut)
-    @document_response(Problem, 503)
+    @document_response(ReadyProblem, 503)
     async def readyz() -> Response:
         """200 when store, queue and lock answer; 503 naming the ones that do not."""
         parts = await service.readiness()
@@ -333,10 +364,14 @@ def create_app(service: BookingService) -> QuartTrio:
 
     @app.get("/metrics")
     @tag(["operations"])
+    @problems(503)
     async def metrics() -> Response:
         """Prometheus text exposition."""
         gauges = {"queue_depth": float(service.queue.depth()), "ws_subscribers": float(len(telemetry.subscribers)),
-                  "accepting": 1.0 if service.accepting else 0.0}
+                  "accepting": 1.0 if service.accepting else 0.0,
+                  "intake_waiting": float(service.intake.waiting()),
+                  "long_polls": float(service.waiters.active),
+                  "followups_pending": float(service.followups.pending())}
         return Response(telemetry.metrics_text(gauges), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/")
@@ -345,27 +380,48 @@ def create_app(service: BookingService) -> QuartTrio:
         return await send_from_directory(str(static_dir), "index.html")
 
     @app.websocket("/ws")
-    async def ws() -> None:
-        """Telemetry frames: `snapshot` on connect, then lock/queue/booking/seat, `stats` every second."""
+    async def ws() -> Response | None:
+        """Telemetry frames: `snapshot` on connect, then lock/queue/booking/seat, `stats` every second.
+        Anonymous frames carry no booking or user ids; a first frame {"type": "auth", "token": <admin
+        token>} opens them."""
         event_filter = websocket.args.get("event") or None
         if event_filter is not None and len(event_filter) > 64:
             event_filter = None
+        if len(telemetry.subscribers) >= settings.max_ws_subscribers:
+            return problem_response(503, "unavailable", "Service unavailable",
+                                    f"{settings.max_ws_subscribers} subscribers are connected already; retry later",
+                                    headers={"Retry-After": "5"})
         await websocket.accept()
         with telemetry.subscribe(event_filter) as sub:
             events = [event_json(e) for e in await service.events()
                       if event_filter is None or e.id == event_filter]
             await websocket.send(orjson.dumps({"type": "snapshot", "ts": telemetry.last_stats["ts"],
                                                "events": events, "stats": telemetry.last_stats}).decode())
-            while True:
-                frame = await sub.next_frame()
-                await websocket.send(orjson.dumps(frame).decode())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read_frames, sub)
+                while True:
+                    frame = await sub.next_frame()
+                    await websocket.send(orjson.dumps(frame).decode())
+        return None
+
+    async def _read_frames(sub: Subscriber) -> None:
+        """The subscriber's frames: the first may authenticate it as admin; the rest are read and ignored
+        (so that a chatty client cannot fill buffers)."""
+        first = True
+        while True:
+            raw = await websocket.receive()
+            if not first:
+                continue
+            first = False
+            try:
+                message = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(message, dict) and message.get("type") == "auth":
+                token = message.get("token")
+                sub.admin = isinstance(token, str) and is_token(settings.admin_token, token)
+                await websocket.send(orjson.dumps({"type": "auth", "ok": sub.admin}).decode())
 
     return app
-
-
-class _AuthError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
 
 

@@ -1,11 +1,13 @@
 -- RedisAdmission.admit: admit a batch of booking requests in order, each one as EdgeInventory.admit would.
 -- ARGV[1]: JSON array of requests {booking_id, event_id, user_id, quantity, seats, force, key?,
 --          fingerprint?, record} where record is the booking's JSON, kept as its pending record.
--- ARGV[2]: TTL of the pending records, seconds.
+-- ARGV[2]: TTL of the pending records, seconds. ARGV[3]: the time of admission (epoch seconds).
 -- Returns EDGE_MISSING, or one answer per request:
 --   'ok' | 'repeat:<booking id>:<fingerprint>' | 'limit_exceeded:<max_per_user>' |
 --   'seat_unavailable:<seat>' (a named seat is taken) | 'seat_unavailable' (not enough seats left) |
---   'sold_out' | 'unknown_event'
+--   'sold_out' | 'unknown_event' | 'abandoned' (the booking was abandoned before this request arrived)
+-- A booking that already has its pending record answers 'ok' again and changes nothing: the same request
+-- run twice (a client retry after a lost connection) admits once.
 
 -- EdgeInventory.check: the refusal admission gives now, or nil when the request may be queued.
 local function refusal(req, remaining, max_per_user)
@@ -29,7 +31,13 @@ local function refusal(req, remaining, max_per_user)
   return nil
 end
 
-local function admit_one(req, pending_ttl)
+local function admit_one(req, pending_ttl, admitted_at)
+  if redis.call('EXISTS', abandoned_key(req.booking_id)) == 1 then
+    return 'abandoned'
+  end
+  if redis.call('EXISTS', pending_key(req.booking_id)) == 1 then
+    return 'ok'
+  end
   local keys = edge_key(req.event_id, 'keys')
   if req.key then
     local earlier = redis.call('HGET', keys, req.key)
@@ -54,7 +62,10 @@ local function admit_one(req, pending_ttl)
   if req.key then
     redis.call('HSET', keys, req.key, req.booking_id .. ' ' .. (req.fingerprint or ''))
   end
-  redis.call('SET', pending_key(req.booking_id), req.record, 'EX', pending_ttl)
+  local record = pending_key(req.booking_id)
+  redis.call('HSET', record, 'booking', req.record, 'queued', '0', 'admitted_at', admitted_at)
+  redis.call('EXPIRE', record, pending_ttl)
+  redis.call('ZADD', ADMITTED, admitted_at, req.booking_id)
   return 'ok'
 end
 
@@ -64,6 +75,6 @@ end
 local pending_ttl = tonumber(ARGV[2])
 local answers = {}
 for i, req in ipairs(cjson.decode(ARGV[1])) do
-  answers[i] = admit_one(req, pending_ttl)
+  answers[i] = admit_one(req, pending_ttl, ARGV[3])
 end
 return answers

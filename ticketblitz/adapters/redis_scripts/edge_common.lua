@@ -6,13 +6,19 @@
 --   tb:{EVT}:users  hash  user -> seats reserved or owned (absent when 0)
 --   tb:{EVT}:res    hash  booking id -> reservation {"user_id", "quantity", "seats"} of a pending booking
 --   tb:{EVT}:keys   hash  Idempotency-Key -> "<booking id> <fingerprint>"
--- and tb:pending:<booking id>, the booking accepted but not yet in the store (JSON, with a TTL).
+-- and per booking, with a TTL:
+--   tb:pending:<id>    hash  the booking accepted but not yet settled: booking (its JSON), queued ("0"
+--                            at admit, "1" once the queue acknowledged it), admitted_at (epoch seconds)
+--   tb:abandoned:<id>  "1"   an abandoned booking whose admission had not run: refuses a late admit
+-- and tb:admitted, a sorted set of the bookings admitted and not yet queued (score: admitted_at), where
+-- stale admissions are found (an intake that died between admission and enqueue).
 --
 -- The edge state is a cache rebuilt from the store; tb:edge:ready marks it complete. Every script that
 -- reads or changes it first checks the marker and answers EDGE_MISSING without touching anything when
 -- it is gone (Redis restarted or was flushed), so that the caller rebuilds and asks again.
 
 local READY = 'tb:edge:ready'
+local ADMITTED = 'tb:admitted'
 local EDGE_MISSING = 'edge_missing'
 local SEAT_UPDATES = 'seat-updates'
 
@@ -22,6 +28,32 @@ end
 
 local function pending_key(booking_id)
   return 'tb:pending:' .. booking_id
+end
+
+local function abandoned_key(booking_id)
+  return 'tb:abandoned:' .. booking_id
+end
+
+-- The pending record's state: 'absent', 'waiting' (admitted, not yet queued) or 'queued'. A record of the
+-- format before 'queued' existed (a plain string; HGET refuses it) was only kept for queued bookings.
+local function pending_state(booking_id)
+  local queued = redis.pcall('HGET', pending_key(booking_id), 'queued')
+  if type(queued) == 'table' and queued.err then
+    return 'queued'
+  end
+  if not queued then
+    return 'absent'
+  end
+  if queued == '1' then
+    return 'queued'
+  end
+  return 'waiting'
+end
+
+-- The booking is settled, withdrawn or released: its pending record and its index entry go.
+local function forget_pending(booking_id)
+  redis.call('DEL', pending_key(booking_id))
+  redis.call('ZREM', ADMITTED, booking_id)
 end
 
 local function edge_is_missing()
@@ -48,13 +80,17 @@ end
 
 -- EdgeInventory._untake: free only the seats this booking itself has in `taken`; a seat it named may
 -- meanwhile be held by another booking (the store's picker does not know edge reservations).
+-- Returns the seats freed.
 local function untake(event_id, seats, booking_id)
   local taken = edge_key(event_id, 'taken')
+  local freed = {}
   for _, seat in ipairs(seats) do
     if redis.call('HGET', taken, seat) == booking_id then
       redis.call('HDEL', taken, seat)
+      freed[#freed + 1] = seat
     end
   end
+  return freed
 end
 
 -- EdgeInventory._reserve: set aside `quantity` seats (the named ones in `seats`) for a pending booking.
@@ -87,6 +123,41 @@ local function settle(event_id, booking_id, held)
   take(event_id, held, booking_id)
   add_user(event_id, reservation.user_id, #held - reservation.quantity)
   return true
+end
+
+-- Forget an Idempotency-Key unless it meanwhile names another booking. b: {booking_id, event_id, key?}
+local function forget_key(b)
+  if b.key then
+    local keys = edge_key(b.event_id, 'keys')
+    local owner = string.match(redis.call('HGET', keys, b.key) or '', '^(%S+)')
+    if owner == b.booking_id then
+      redis.call('HDEL', keys, b.key)
+    end
+  end
+end
+
+-- Undo an admission (EdgeInventory.withdraw): the reservation, the pending record, the key if ours.
+local function withdraw(b)
+  settle(b.event_id, b.booking_id, {})
+  forget_pending(b.booking_id)
+  forget_key(b)
+end
+
+-- EdgeInventory.release: seats of a held booking came back. Idempotent: frees only those of `seats`
+-- still taken by this booking and moves the counters by exactly that many; a stale reservation (a
+-- settle that never landed) is given back first. Returns the seats freed.
+local function release(event_id, booking_id, user_id, seats)
+  local stock = edge_key(event_id, 'stock')
+  if redis.call('EXISTS', stock) == 0 then
+    return {}
+  end
+  settle(event_id, booking_id, {})
+  local freed = untake(event_id, seats, booking_id)
+  if #freed > 0 then
+    redis.call('HINCRBY', stock, 'remaining', #freed)
+    add_user(event_id, user_id, -#freed)
+  end
+  return freed
 end
 
 -- Tell the visualizers (the original's channel) which seats changed, one message per event.

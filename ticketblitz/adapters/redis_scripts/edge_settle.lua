@@ -10,7 +10,7 @@ local add_held, events, held_by_event = seat_collector()
 local firsts = {}
 for i, decided in ipairs(cjson.decode(ARGV[1])) do
   local first = settle(decided.event_id, decided.booking_id, decided.held)
-  redis.call('DEL', pending_key(decided.booking_id))
+  forget_pending(decided.booking_id)
   if first then
     firsts[i] = 1
     add_held(decided.event_id, decided.held)

@@ -1,5 +1,5 @@
--- RedisAdmission.withdraw: undo the admission of bookings that were never accepted (EdgeInventory.withdraw),
--- and forget their Idempotency-Key unless it meanwhile names another booking.
+-- RedisAdmission.withdraw: undo the admission of bookings, queued or not (EdgeInventory.withdraw): the
+-- reservation, the pending record, and the Idempotency-Key unless it meanwhile names another booking.
 -- ARGV[1]: JSON array of {booking_id, event_id, key?}.
 -- Returns EDGE_MISSING or the number of bookings given.
 
@@ -8,14 +8,6 @@ if edge_is_missing() then
 end
 local withdrawn = cjson.decode(ARGV[1])
 for _, b in ipairs(withdrawn) do
-  settle(b.event_id, b.booking_id, {})
-  redis.call('DEL', pending_key(b.booking_id))
-  if b.key then
-    local keys = edge_key(b.event_id, 'keys')
-    local owner = string.match(redis.call('HGET', keys, b.key) or '', '^(%S+)')
-    if owner == b.booking_id then
-      redis.call('HDEL', keys, b.key)
-    end
-  end
+  withdraw(b)
 end
 return #withdrawn

@@ -1,0 +1,59 @@
+"""The hold sweeper: holds past their `expires_at` become `expired` and their seats available again,
+every `sweep_interval` seconds, for the serving lifetime. The store marks each expired booking *edge due*
+in the same transaction, so its edge release lands even if this process dies right after the commit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from ..config import Settings
+from ..domain.errors import Unavailable
+from ..domain.model import Booking
+from ..ports import Store
+from ..telemetry import Telemetry
+from .followups import EdgeFollowUps
+from .seatmaps import SeatMaps
+
+log = logging.getLogger("ticketblitz.sweeper")
+
+CHUNK = 500  # holds expired per store transaction
+
+
+class HoldSweeper:
+    def __init__(self, settings: Settings, store: Store, followups: EdgeFollowUps, seat_maps: SeatMaps,
+                 telemetry: Telemetry, clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self.store = store
+        self.followups = followups
+        self.seat_maps = seat_maps
+        self.telemetry = telemetry
+        self.clock = clock
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(self.settings.sweep_interval)
+            try:
+                await self.expire_lapsed_holds()
+            except Unavailable as exc:
+                log.warning("hold sweep failed, will retry: %s", exc.detail)
+
+    async def expire_lapsed_holds(self) -> list[Booking]:
+        """Expire every hold past its `expires_at`; their seats become available again."""
+        expired: list[Booking] = []
+        while True:
+            # the commit and its edge release belong together: a cancelled sweep still releases
+            with trio.CancelScope(shield=True):
+                chunk = await self.store.expire_lapsed(self.clock(), CHUNK)
+                await self.followups.release(chunk)
+            for b in chunk:
+                self.telemetry.holds_expired += 1
+                self.telemetry.booking(b)
+                self.telemetry.seats(b.event_id, b.seat_ids, "available")
+                self.seat_maps.changed(b.event_id)
+            expired.extend(chunk)
+            if len(chunk) < CHUNK:
+                return expired

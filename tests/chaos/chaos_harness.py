@@ -39,6 +39,7 @@ ADMIN = f"Bearer {ADMIN_TOKEN}"
 FINAL = {"held", "confirmed", "rejected", "expired", "cancelled"}
 OWNING = {"held", "confirmed"}
 RETRY_STATUSES = {429, 503}
+POLL_SLACK = 0.5  # seconds between finality polls: a booking seen final this late may have been final in time
 DB_USER = DB_PASSWORD = "ticketblitz"
 
 
@@ -655,6 +656,7 @@ class Attempt:
     code: str | None = None  # the problem's `code`
     booking_id: str | None = None
     status: str | None = None  # the booking's status in the answer
+    detail: str | None = None  # the problem's `detail` of a 5xx
 
 
 @dataclass(slots=True)
@@ -801,6 +803,8 @@ class Burst:
                     body = reply.json()
                     if isinstance(body, dict):
                         attempt.code = body.get("code") if reply.status >= 400 else None
+                        if reply.status >= 500:
+                            attempt.detail = str(body.get("detail"))[:200]
                         booking = body.get("booking", body) if r.kind in ("async", "probe") else body
                         if reply.status in (200, 202) and isinstance(booking, dict):
                             attempt.booking_id = booking.get("id")
@@ -1007,9 +1011,10 @@ class Run:
 
     def __init__(self, scenario: str, title: str, services: PrivateServices, tmp: Path, mode: Mode,
                  fault: FaultFn, *, server_env: dict[str, str] | None = None, use_proxy: bool = False,
-                 rate_factor: float = 1.0) -> None:
-        if rate_factor != 1.0:  # a slower burst for a fault that needs traffic for longer (same requests)
-            mode = dataclasses.replace(mode, rate=mode.rate * rate_factor)
+                 rate_factor: float = 1.0, requests_factor: float = 1.0, rows_factor: float = 1.0) -> None:
+        if (rate_factor, requests_factor, rows_factor) != (1.0, 1.0, 1.0):  # a fault that needs traffic longer
+            mode = dataclasses.replace(mode, rate=mode.rate * rate_factor,
+                                       requests=int(mode.requests * requests_factor), rows=int(mode.rows * rows_factor))
         self.scenario, self.title, self.services, self.tmp, self.mode = scenario, title, services, tmp, mode
         self.fault = fault
         self.extra_env = server_env or {}
@@ -1025,6 +1030,7 @@ class Run:
         self.capacity = mode.rows * 100
         self.fault_state: dict[str, Any] = {}
         self.topic = ""
+        self.final_seen: dict[str, float] = {}  # booking id -> when first seen final (trio clock)
         self.bg: trio.Nursery | None = None  # for a fault's background work (lives as long as the burst)
         self.late_notes: list[Callable[[], str]] = []  # appended to the fault notes after the checks
         self.after_checks: list[Callable[[], Awaitable[None]]] = []  # a scenario's own evidence
@@ -1125,6 +1131,7 @@ class Run:
             self.bg = nursery
             nursery.start_soon(burst.run, hard)
             await faults()
+            nursery.start_soon(self.track_final)
         self.bg = None
         self.out.burst_time = burst.done_at or 0.0
         await self.book_after_recovery()
@@ -1146,6 +1153,7 @@ class Run:
             attempt.outcome = reply.status
             body = reply.json() if isinstance(reply.json(), dict) else {}
             attempt.code = body.get("code") if reply.status >= 400 else None
+            attempt.detail = str(body.get("detail"))[:300] if reply.status >= 500 else None
             if reply.status in (200, 202):
                 attempt.booking_id, attempt.status = body.get("id"), body.get("status")
         except ClientError as exc:
@@ -1158,7 +1166,8 @@ class Run:
         if not isinstance(attempt.outcome, int) or attempt.outcome >= 500:
             self.out.fail(f"a fresh booking request after recovery got no good answer within {within:g}s",
                           f"{attempt.outcome}{'/' + attempt.code if attempt.code else ''} after "
-                          f"{attempt.t1 - attempt.t0:.1f}s (t={attempt.t0:.1f}s, /readyz said ready)")
+                          f"{attempt.t1 - attempt.t0:.1f}s (t={attempt.t0:.1f}s, /readyz said ready)"
+                          + (f", detail {attempt.detail!r}" if attempt.detail else ""))
 
     async def wait_ready(self, since: float, in_a_row: int = 5) -> float | None:
         """Seconds from `since` (trio clock) until /readyz answered 200 `in_a_row` times on fresh
@@ -1193,26 +1202,23 @@ class Run:
         last_end = burst.t0 + max((f.ended for f in out.faults), default=0.0)
         last_ready = max((f.ready_after or 0.0 for f in out.faults), default=0.0)
         recovered = last_end + last_ready
-        last_accept = burst.t0 + max((a.t1 for r in accepted.values() for a in r.attempts
-                                      if a.outcome in (200, 202)), default=0.0)
-        deadline = max(recovered, last_accept) + self.mode.final_within
+        # each booking: final within 30 s of recovery, or of its acceptance when that came later
+        due = {i: max(recovered, burst.t0 + min(a.t1 for a in r.attempts if a.booking_id == i
+                                                and a.outcome in (200, 202))) + self.mode.final_within
+               for i, r in accepted.items()}
 
-        # 1. every booking answered 202/200 is final within 30 s of recovery (read from the store: the truth)
+        # 1. every booking answered 202/200 is final within 30 s of recovery (read from the store: the truth;
+        # polled since the last fault ended, see track_final)
         ids = list(accepted)
-        statuses: dict[str, str] = {}
         while True:
-            try:
-                statuses = await booking_statuses(self.db_url, ids)
-            except Exception as exc:  # the store may still be recovering; keep polling until the deadline
-                log(f"[{self.scenario}] store read failed: {exc!r}")
-            not_final = [i for i in ids if statuses.get(i) not in FINAL]
-            if not not_final:
-                out.all_final_after = trio.current_time() - last_end
-                break
-            if trio.current_time() >= deadline:
+            await self.poll_final(ids)
+            now = trio.current_time()
+            if all(i in self.final_seen for i in ids) or now >= max(due.values(), default=now):
                 break
             await trio.sleep(0.25)
-        lost = [i for i in ids if statuses.get(i) not in FINAL]
+        lost = [i for i in ids if self.final_seen.get(i, math.inf) > due[i] + POLL_SLACK]
+        if all(i in self.final_seen for i in ids):
+            out.all_final_after = max(self.final_seen.values(), default=last_end) - last_end
         out.lost = lost
         if lost:
             detail = await self.explain_lost(lost, accepted)
@@ -1239,7 +1245,32 @@ class Run:
         bad = {k: v for k, v in out.attempt_codes.items() if k[:1] == "5" and not k.startswith("503")}
         if bad:
             out.fail("answers 5xx other than 503", str(bad))
+        self.unavailable_details()
         self.log_evidence()
+
+    async def poll_final(self, ids: Sequence[str]) -> None:
+        """Note when each of these bookings is first seen final in the store."""
+        left = [i for i in ids if i not in self.final_seen]
+        if not left:
+            return
+        t = trio.current_time()
+        try:
+            statuses = await booking_statuses(self.db_url, left)
+        except Exception as exc:  # the store may be down or recovering: try again at the next poll
+            log(f"[{self.scenario}] store read failed: {exc!r}")
+            return
+        for i in left:
+            if statuses.get(i) in FINAL:
+                self.final_seen[i] = t
+
+    async def track_final(self) -> None:
+        """While the burst goes on after the last fault: when does each accepted booking become final?"""
+        burst = self.burst
+        assert burst is not None
+        while not burst.finished.is_set():
+            await self.poll_final(list(burst.accepted_ids()))
+            with trio.move_on_after(POLL_SLACK):
+                await burst.finished.wait()
 
     async def watch_late(self, lost: list[str], last_end: float) -> str:
         """After the deadline: are the lost bookings decided late, or never? (bounded: mode.late_grace)"""
@@ -1255,14 +1286,30 @@ class Run:
         self.out.late = len(lost) - len(left)
         if not left:
             self.out.all_final_late = trio.current_time() - last_end
+            self.out.all_final_after = None
             return f"all decided late, {waited:.1f}s after the deadline"
         return (f"{len(lost) - len(left)} decided within {waited:.0f}s more, {len(left)} still not final "
                 f"{self.mode.final_within + waited:.0f}s after recovery")
 
+    def unavailable_details(self) -> None:
+        burst = self.burst
+        assert burst is not None
+        details = Counter(re.sub(r"\b(bkg|evt)_\w+|\d+(\.\d+)?", "#", a.detail or "")
+                          for r in burst.all_reqs for a in r.attempts if a.outcome == 503)
+        if details:
+            self.out.evidence.append("503 details: " + "; ".join(f"{n}x {d!r}" for d, n in details.most_common(4)))
+
     async def explain_lost(self, lost: list[str], accepted: dict[str, Req], limit: int = 12) -> str:
         lines = []
+        def pending_state(r: Any, i: str) -> str:
+            key = f"tb:pending:{i}"
+            kind = r.type(key)
+            if kind == "hash":
+                return f"present (queued={r.hget(key, 'queued')})"
+            return "present" if kind != "none" else "absent"
+
         pending_keys = await redis_call(self.services.redis_url, lambda r: [
-            bool(r.exists(f"tb:pending:{i}")) for i in lost[:limit]])
+            pending_state(r, i) for i in lost[:limit]])
         res = await redis_call(self.services.redis_url,
                                lambda r: r.hmget(f"tb:{{{self.event_id}}}:res", lost[:limit]) if lost else [])
         stored = {}
@@ -1279,7 +1326,7 @@ class Run:
             mentions = [line for line in self.servers.log_text().splitlines() if i in line][:3] if self.servers else []
             lines.append(
                 f"\n  - {i} ({r.kind}, key {r.key}): store {stored.get(i, 'absent')}, redis tb:pending "
-                f"{'present' if pending_keys[n] else 'absent'}, reservation {'present' if res[n] else 'absent'}, "
+                f"{pending_keys[n]}, reservation {'present' if res[n] else 'absent'}, "
                 f"GET now {http_answer}; answers: {r.story()}"
                 + (f"; log: {' | '.join(m[-200:] for m in mentions)}" if mentions else ""))
         if len(lost) > limit:
@@ -1396,7 +1443,9 @@ class Run:
         if twice:
             out.fail(f"{len(twice)} Idempotency-Keys with two bookings in the store", str(list(twice.items())[:5]))
         if by_key.get(None):
-            out.fail(f"{len(by_key[None])} bookings without an Idempotency-Key (every request sent one)",
+            kinds = Counter(f"{st}/{reason}" if reason else st for _, st, reason in by_key[None])
+            out.fail(f"{len(by_key[None])} bookings in the store without an Idempotency-Key, announced by no "
+                     f"answer (every request sent a key; API.md: a 503 accepts nothing) by status {dict(kinds)}",
                      str(by_key[None][:5]))
         reqs = {r.key: r for r in burst.all_reqs}
         fresh_repeat = [r for r in reqs.values() if r.attempts and r.attempts[0].outcome == 200]

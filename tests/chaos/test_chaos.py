@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,8 @@ async def kill_kafka(run: Run, n: int) -> tuple[float, str]:
 
     assert run.bg is not None
     run.bg.start_soon(start)
+    if n == 0:
+        run.after_checks.append(lambda: broker_takes_writes(run))
     with trio.fail_after(120):
         while not await trio.to_thread.run_sync(port_open, services.ports["kafka"]):  # noqa: ASYNC110 - a port
             await trio.sleep(0.1)
@@ -169,6 +172,32 @@ async def kill_kafka(run: Run, n: int) -> tuple[float, str]:
     run.late_notes.append(lambda: f"(e) fault {n + 1}: broker listening {end - t_start:.1f}s after the restart "
                                   f"began; services.sh start kafka took {script_took.get('s', -1):.1f}s")
     return end, f"SIGKILL kafka pid {pid}, restarted 3 s later; listening after {end - t_start:.1f}s"
+
+
+async def broker_takes_writes(run: Run) -> None:
+    """Evidence for (e): does the restarted broker take a write from a fresh producer (acks=all)? One record
+    to the scenario's dead-letter topic, marked as a probe, so that no consumer ever sees it."""
+    started: trio.Event | None = run.fault_state.get("kafka_started")
+    if started is not None:
+        await started.wait()
+
+    def produce() -> str:
+        from kafka import KafkaProducer
+
+        t0 = time.monotonic()
+        producer = KafkaProducer(bootstrap_servers=run.services.kafka_bootstrap, acks="all", client_id="tb-chaos-probe",
+                                 request_timeout_ms=5000, max_block_ms=5000)
+        try:
+            meta = producer.send(f"{run.topic}-dlq", b"chaos probe", headers=[("reason", b"chaos-probe")]).get(10)
+            return f"offset {meta.offset} in {time.monotonic() - t0:.2f}s"
+        finally:
+            producer.close(2)
+
+    try:
+        result = await trio.to_thread.run_sync(produce)
+    except Exception as exc:
+        result = f"failed: {exc!r}"
+    run.out.evidence.append(f"(e) after the restart a fresh producer of the suite wrote to the broker: {result}")
 
 
 async def restart_pg(run: Run, n: int) -> tuple[float, str]:
@@ -181,11 +210,12 @@ async def restart_pg(run: Run, n: int) -> tuple[float, str]:
 
 async def pause_worker(run: Run, n: int) -> tuple[float, str]:
     """SIGSTOP a worker caught in the window where fencing matters: it holds seat leases (still in Redis
-    after the stop) but has no store transaction open (so it holds no row locks that would serialize the
-    others anyway). Keep it stopped PAUSE s (> the 1 s lease); once the leases lapsed, ask for those seats
-    through the original's /api/book-async (no edge refusal), on partitions that the running worker
-    consumes, so that it takes them with newer fencing numbers; then SIGCONT: the stopped worker's writes
-    under its lapsed leases must be refused. Up to PAUSES attempts until a probe was decided during a pause."""
+    after the stop) on seats it has not written yet (still available in the store; how many store
+    transactions it has open is recorded: one that holds those rows serializes the others anyway). Keep it
+    stopped PAUSE s (> the 1 s lease); once the leases lapsed, ask for those seats through the original's
+    /api/book-async (no edge refusal), on partitions that the running worker consumes, so that it takes them
+    with newer fencing numbers; then SIGCONT: the stopped worker's writes under its lapsed leases must be
+    refused. Up to PAUSES attempts until a probe was decided during a pause."""
     servers, burst = run.servers, run.burst
     assert servers is not None and burst is not None and run.bg is not None
     pattern = f"lock:seat:{run.event_id}:*"
@@ -207,24 +237,28 @@ async def pause_worker(run: Run, n: int) -> tuple[float, str]:
         usable: list[str] = []
         pid = index = open_tx = 0
         t_stop = wall_stop = 0.0
+        # which worker consumes which partition: a probe for seat S (key "<event>:<S>") must land on a
+        # partition of the worker that keeps running, or nobody decides it during the pause
+        owners = await partition_pids(run.services.kafka_bootstrap, run.topic, f"{run.topic}-group")
         for _ in range(CATCH_TRIES):
             total_tries += 1
-            # which worker consumes which partition: a probe for seat S (key "<event>:<S>") must land on
-            # a partition of the worker that keeps running, or nobody decides it during the pause
-            owners = await partition_pids(run.services.kafka_bootstrap, run.topic, f"{run.topic}-group")
             workers = sorted(servers.worker_pids().items())
             index, pid = workers[total_tries % len(workers)]
             os.kill(pid, signal.SIGSTOP)
             t_stop, wall_stop = trio.current_time(), time.time()
-            await trio.sleep(0.15)
+            await trio.sleep(0.1)
             first = await leases()
-            await trio.sleep(0.15)
+            await trio.sleep(0.1)
             second = await leases()
             stuck = {k: v for k, v in second.items() if v and first.get(k) == v}
             usable = sorted(seat for seat in (k.rsplit(":", 1)[1] for k in stuck)
                             if owners.get(partition_of(f"{run.event_id}:{seat}")) not in (None, pid))
+            if usable:  # not yet written by the stopped worker (it may be past its commit, before unlocking)
+                free = await pg_rows(run.db_url, "SELECT id FROM seats WHERE event_id = %s AND id = ANY(%s) "
+                                     "AND status = 'available'", (run.event_id, usable))
+                usable = sorted(r[0] for r in free)
             open_tx = await in_transaction(pid) if usable else 0
-            if usable and not open_tx:
+            if usable:  # (an open transaction may hold those rows already: then it is the row lock that wins)
                 break
             os.kill(pid, signal.SIGCONT)
             await trio.sleep(burst.rng.uniform(0.02, 0.25))
@@ -245,6 +279,7 @@ async def pause_worker(run: Run, n: int) -> tuple[float, str]:
         end, wall_cont = trio.current_time(), time.time()
         run.fault_state.setdefault("pauses", []).append(
             {"pid": pid, "index": index, "attempt": attempt, "tries": total_tries, "stuck": stuck, "seats": seats,
+             "open_tx": open_tx,
              "usable": usable, "probes": probes, "wall_stop": wall_stop, "wall_cont": wall_cont,
              "decided_in_pause": {i: st for i, st in decided.items() if st in FINAL}})
         held = sum(1 for st in decided.values() if st in ("held", "confirmed"))
@@ -305,9 +340,10 @@ async def fencing_evidence(run: Run) -> None:
         decided = [r for r in probes if r.booking_ids]
         out.evidence.append(
             f"(g) fencing, pause {p['attempt']}: worker {p['index']} pid {p['pid']} stopped with {len(p['stuck'])} "
-            f"seat leases in Redis and no store transaction open (after {p['tries']} SIGSTOP tries in all): "
+            f"seat leases in Redis and {p['open_tx']} store transactions open (after {p['tries']} SIGSTOP tries): "
             f"{sorted(p['stuck'])[:4]}, probe-able (a partition of the running worker) {p['usable'][:6]}; "
-            f"{len(p['decided_in_pause'])} probes decided during the pause; {len(probes)} probes "
+            f"{len(p['decided_in_pause'])} probes decided during the pause "
+            f"{dict(Counter(p['decided_in_pause'].values()))}; {len(probes)} probes "
             f"({len(decided)} accepted); {winners} contested seats went to another booking during the pause; "
             f"{len(refused)} bookings of the stopped worker refused after SIGCONT"
             + ("".join(f"\n    - {line}" for line in refused[:8]) if refused else ""))
@@ -336,7 +372,8 @@ SCENARIOS: dict[str, tuple[str, Any, dict[str, Any]]] = {
     "e": ("Kafka broker kill -9, restarted 3 s later", kill_kafka, {}),
     "f": ("PostgreSQL restart -m immediate", restart_pg, {}),
     "g": (f"worker SIGSTOP {PAUSE:g} s past its {LOCK_TTL_MS} ms lock TTL, SIGCONT", pause_worker,
-          {"server_env": {"TICKETBLITZ_LOCK_TTL_MS": str(LOCK_TTL_MS)}, "rate_factor": 0.4}),
+          {"server_env": {"TICKETBLITZ_LOCK_TTL_MS": str(LOCK_TTL_MS)}, "rate_factor": 0.6,
+           "requests_factor": 1.5, "rows_factor": 2.0}),  # 10 s of named requests that the edge lets through
 }
 
 

@@ -1098,6 +1098,10 @@ class Run:
             self.out.fail("scenario budget exceeded",
                           f"{self.mode.scenario_budget:g}s; servers' log tail:\n"
                           f"{self.servers.tail(2000) if self.servers else ''}")
+        except Exception as exc:  # the harness itself (or a service script) failed: report it with the rest
+            import traceback
+
+            self.out.fail(f"the scenario could not run: {exc!r}", "".join(traceback.format_exc(limit=6))[-2000:])
         finally:
             await self.teardown()
             self.out.duration = trio.current_time() - t_start

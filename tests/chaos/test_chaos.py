@@ -101,15 +101,20 @@ def run_dir() -> Path:
 async def kill_one_worker(run: Run, n: int) -> tuple[float, str]:
     servers = run.servers
     assert servers is not None
-    index, pid = sorted(servers.worker_pids().items())[n % 2]
+    with trio.fail_after(60):  # a repeated kill waits for the supervisor to have restarted the last victim
+        while len(servers.worker_pids()) < servers.workers:  # noqa: ASYNC110 - polling /proc and the log
+            await trio.sleep(0.1)
+    index, pid = sorted(servers.worker_pids().items())[n % servers.workers]
     os.kill(pid, signal.SIGKILL)
     end = trio.current_time()
 
     def restarted() -> str:
-        later = [p for i, p in servers.worker_lines() if i == index and p != pid and p in servers.seen_workers]
+        lines = servers.worker_lines()
+        after = lines[lines.index((index, pid)) + 1:] if (index, pid) in lines else []
+        later = [p for i, p in after if i == index][:1]  # the first start of that worker after the victim's
         died = f"worker {index} (pid {pid}) died with -9; restarting" in servers.log_text()
         return (f"(a) fault {n + 1}: SIGKILL worker {index} pid {pid}; supervisor noticed: {died}; "
-                f"restarted as pid {later[-1] if later else 'NONE'}")
+                f"restarted as pid {later[0] if later else 'NONE'}")
 
     run.late_notes.append(restarted)
     return end, f"SIGKILL worker {index} (pid {pid})"

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run seed test lint typecheck services services-down services-status bench chaos clean
+.PHONY: install run seed test lint typecheck services services-down services-status bench fuzz chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: install  ## benchmark matrix: bench/results/<UTC date>-<commit>.md/.png/.
 
 chaos: install  ## chaos suite, long mode: more requests, each fault 3x, on a private service set (.services/chaos)
 	TB_CHAOS_MODE=long $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/chaos $(CHAOS_ARGS)
+
+fuzz: install  ## the HTTP core's property tests, long: hypothesis (FUZZ_EXAMPLES per test), then atheris (FUZZ_SECONDS)
+	$(BIN)/pip install --quiet -e '.[fuzz]'
+	TICKETBLITZ_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),100000) $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_http_fuzz.py
+	$(BIN)/python tests/fuzz/fuzz_http_core.py -dict=tests/fuzz/http.dict -max_total_time=$(or $(FUZZ_SECONDS),120) -rss_limit_mb=4096
 
 services:  ## start PostgreSQL, Redis and Kafka on loopback (data under .services/)
 	bash scripts/services.sh up

@@ -318,6 +318,8 @@ pg_up() {
         log "postgres: creating role $DB_USER"
         pg_sql -c "CREATE ROLE $DB_USER LOGIN CREATEDB PASSWORD '$DB_PASSWORD'"
     fi
+    # Tests drop their scratch databases WITH (FORCE), which must also end an autovacuum worker there.
+    pg_sql -qc "GRANT pg_signal_backend TO $DB_USER" >/dev/null
     if [[ "$(pg_sql -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'")" != 1 ]]; then
         log "postgres: creating database $DB_NAME"
         pg_sql -c "CREATE DATABASE $DB_NAME OWNER $DB_USER"

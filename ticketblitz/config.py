@@ -42,6 +42,13 @@ class Settings:
     listen_fd: int = -1  # internal: a listening socket inherited from the `--workers` supervisor
     # --- limits and deadlines
     max_body_bytes: int = 65536  # larger request bodies get 413
+    max_connections: int = 10_000  # open connections per process; beyond it a new one gets 503 + Retry-After
+    header_timeout: float = 10.0  # seconds from a request's first byte to the end of its head, else 408
+    body_timeout: float = 10.0  # seconds from the end of a head to the end of its body, else 408
+    idle_timeout: float = 15.0  # seconds a keep-alive connection may wait for its next request, then it closes
+    max_head_bytes: int = 16_384  # request line + header fields; larger heads get 431
+    max_headers: int = 100  # header fields per request (and trailer fields); more get 431
+    max_target_bytes: int = 8192  # request-target (path + query); longer ones get 414
     queue_limit: int = 50_000  # pending bookings beyond which intake answers 429
     store_timeout: float = 5.0  # seconds any one store call may take
     lock_timeout: float = 2.0  # seconds a consumer waits for seat locks
@@ -108,8 +115,16 @@ class Settings:
             raise ValueError("kafka_bootstrap: the Kafka queue needs the PostgreSQL store (TICKETBLITZ_DATABASE_URL)")
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes: must be at least 1024")
+        if self.max_connections < 1:
+            raise ValueError("max_connections: must be at least 1")
+        if not 1024 <= self.max_head_bytes <= 1 << 20:
+            raise ValueError("max_head_bytes: must be between 1024 and 1048576")
+        if not 1 <= self.max_headers <= 10_000:
+            raise ValueError("max_headers: must be between 1 and 10000")
+        if not 64 <= self.max_target_bytes < self.max_head_bytes:
+            raise ValueError("max_target_bytes: must be at least 64 and less than max_head_bytes")
         for name in ("store_timeout", "lock_timeout", "sweep_interval", "shutdown_grace", "max_wait",
-                     "seat_map_max_age", "produce_timeout"):
+                     "seat_map_max_age", "produce_timeout", "header_timeout", "body_timeout", "idle_timeout"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}: must be a positive, finite number of seconds")

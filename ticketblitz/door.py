@@ -1,83 +1,68 @@
-"""The lean intake door: an HTTP/1.1 front on Trio with the httptools C parser and orjson.
+"""The lean intake door: a short Trio I/O loop around the sans-IO HTTP core (`ticketblitz.http`).
 
-It answers the booking intake routes itself (`POST /api/events/{id}/bookings`, `/api/book-async`,
-`/api/book-secure`, `/api/book-naive`, `/book`) through `ticketblitz.intake`, the same functions the
-Quart app uses, and relays every other connection, from the first request it cannot answer on and
-starting with the bytes already read, to Hypercorn on a private Unix socket in the same process —
-websocket upgrades included. Users see one port.
+It owns the public port. Every request of every connection is parsed and checked by the core (limits,
+target forms, smuggling); the door adds what needs a clock or a socket:
 
-Keep-alive and pipelining (answers in order), limits on the request head (16 KiB → 431) and body
-(`max_body_bytes` → 413), a deadline for a slow client to send a whole request, an idle keep-alive
-timeout, and a clean close on shutdown (in-flight requests finish, idle connections close).
+- deadlines: a head must arrive within `header_timeout` of its first byte and a body within
+  `body_timeout` of its head (else `408` and close); a keep-alive connection with no request for
+  `idle_timeout` closes quietly;
+- the booking intake routes (`POST /api/events/{id}/bookings`, `/api/book-async`, `/api/book-secure`,
+  `/api/book-naive`, `/book`), answered here through `ticketblitz.intake`, the functions the Quart app
+  uses too; `OPTIONS *` (`204` with `Allow`);
+- everything else relayed to Hypercorn on a private Unix socket, one request at a time as a canonical
+  re-serialisation (see `ticketblitz/http/relay.py` for why that cannot be smuggled); after a `101` to
+  a websocket handshake the bytes are piped both ways;
+- keep-alive and pipelining (answers in order, across both kinds of routes), `100 Continue` answered
+  here, a clean close on shutdown (idle connections at once, busy ones after their answer);
+- a connection cap (`max_connections`: beyond it `503` with `Retry-After`, then close), an accept loop
+  that backs off 100 ms when the process or system is out of descriptors or buffers (like
+  `trio.serve_listeners`), and connection tasks whose unexpected exceptions are logged and close that
+  connection only.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
-import httptools
 import orjson
 import trio
 
 from . import intake
+from .http import CLOSED, END, NEED_DATA, Data, Limits, Phase, Refusal, Request, ServerConnection, TargetForm, serialize
+from .http.core import ASTERISK_ANSWER, CONTINUE
+from .http.relay import ResponseFraming, upstream_request
 from .representation import http_code, problem
 from .service import BookingService
 
 log = logging.getLogger("ticketblitz.door")
 
-MAX_HEAD = 16 * 1024
 READ_SIZE = 65536
-IDLE_TIMEOUT = 15.0  # keep-alive connection without a request
-REQUEST_TIMEOUT = 10.0  # a client must send a whole request within this (slow clients)
 BOOKINGS_PREFIX = "/api/events/"
 BOOKINGS_SUFFIX = "/bookings"
-REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# accept(2) errors that mean "out of descriptors or kernel memory for now" (trio.serve_listeners)
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_BACKOFF = 0.100
+ACCEPT_LOG_EVERY = 10.0  # seconds between two log lines about a failing accept
+BUSY_RETRY_AFTER = 1  # seconds, in the 503 of a connection over the cap
+MAX_BUSY_ANSWERS = 64  # connections over the cap answered at once; more are closed without an answer
+BUSY_SECONDS = 1.0  # for writing the 503 of a connection over the cap
+LINGER_SECONDS = 2.0  # after a refusal: read (and drop) what the client still sends, so it gets the answer
+LINGER_BYTES = 1 << 20
+UPSTREAM_SEND_SECONDS = 10.0  # for handing a request (≤ head + body limits) to Hypercorn
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
+
+Route = tuple[Callable[..., Awaitable[intake.Answer]], tuple[str, ...]]
 
 
-class _Head:
-    """httptools callbacks: the request target and the few headers the door needs."""
-
-    __slots__ = ("connection", "content_length", "expect", "headers", "headers_done", "idempotency_key",
-                 "transfer_encoding", "url")
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.content_length: int | None = None
-        self.idempotency_key: str | None = None
-        self.transfer_encoding = False
-        self.connection = b""
-        self.expect = False
-        self.headers_done = False
-        self.headers: dict[str, str] = {}
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        lowered = name.lower()
-        self.headers[lowered.decode("latin-1")] = value.decode("latin-1")
-        if lowered == b"content-length":
-            self.content_length = int(value) if value.strip().isdigit() else -1
-        elif lowered == b"idempotency-key":
-            self.idempotency_key = value.decode("latin-1")
-        elif lowered == b"transfer-encoding":
-            self.transfer_encoding = True
-        elif lowered == b"connection":
-            self.connection = value.lower()
-        elif lowered == b"expect":
-            self.expect = True
-
-    def on_headers_complete(self) -> None:
-        self.headers_done = True
-
-
-def _route(method: bytes, path: str) -> tuple[Callable[..., Awaitable[intake.Answer]], tuple[str, ...]] | None:
+def _route(method: str, path: str) -> Route | None:
     """The intake route this request is for, with its path parameter; None for everything else."""
-    if method != b"POST":
+    if method != "POST":
         return None
     compat = intake.COMPAT_ROUTES.get(path)
     if compat is not None:
@@ -89,47 +74,48 @@ def _route(method: bytes, path: str) -> tuple[Callable[..., Awaitable[intake.Ans
     return None
 
 
-def _response(answer: intake.Answer, keep_alive: bool) -> bytes:
-    body = orjson.dumps(answer.body)
-    head = [b"HTTP/1.1 %d %s\r\n" % (answer.status, REASONS.get(answer.status, b"")),
-            b"content-type: " + answer.content_type.encode() + b"\r\n",
-            b"content-length: %d\r\n" % len(body)]
-    for name, value in answer.headers.items():
-        head.append(name.encode() + b": " + value.encode("latin-1") + b"\r\n")
-    if not keep_alive:
-        head.append(b"connection: close\r\n")
-    head.append(b"\r\n")
-    return b"".join(head) + body
-
-
-def _problem(status: int, detail: str) -> intake.Answer:
-    title = REASONS.get(status, b"").decode()
-    return intake.Answer(status, problem(status, http_code(status), title, detail), {}, intake.PROBLEM)
+def _problem_bytes(status: int, detail: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A problem+json answer that closes the connection (refusals, 408, 503)."""
+    code = "invalid_request" if status == 505 else http_code(status)  # 505: the client's fault, not ours
+    body = problem(status, code, HTTPStatus(status).phrase, detail)
+    return serialize(status, intake.PROBLEM, headers, orjson.dumps(body), keep_alive=False)
 
 
 class IntakeDoor:
     """Serves the public listener: intake routes here, everything else relayed to Hypercorn."""
 
     def __init__(self, service: BookingService, upstream: str) -> None:
+        settings = service.settings
         self.service = service
         self.upstream = upstream  # Hypercorn's private Unix socket
-        self.max_body = service.settings.max_body_bytes
+        self.limits = Limits(max_head_bytes=settings.max_head_bytes, max_headers=settings.max_headers,
+                             max_target_bytes=settings.max_target_bytes, max_body_bytes=settings.max_body_bytes)
+        self.header_timeout = settings.header_timeout
+        self.body_timeout = settings.body_timeout
+        self.idle_timeout = settings.idle_timeout
+        self.max_connections = settings.max_connections
         self.closing = trio.Event()
-        self.connections = 0
-        self._idle: set[trio.CancelScope] = set()  # connections waiting for their next request
+        self.connections = 0  # open connections (the cap counts these)
+        self.busy_answers = 0  # connections over the cap being answered 503
+        self._waiting: set[_Connection] = set()  # connections waiting for bytes from their client
+        # how often deadlines are checked: they pass at most this late
+        self.tick = min(0.25, self.header_timeout / 4, self.body_timeout / 4, self.idle_timeout / 4)
+        self._busy = _problem_bytes(503, "the server has too many open connections; retry shortly",
+                                    (("retry-after", str(BUSY_RETRY_AFTER)),))
 
     async def serve(self, sock: socket.socket, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept until `close()`, then let every connection finish its request in flight."""
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            with trio.CancelScope() as accepting:
-                nursery.start_soon(self._stop_accepting, accepting)
-                while True:
-                    stream = await listener.accept()
-                    nursery.start_soon(self._connection, stream)
-        await listener.aclose()
+        async with trio.open_nursery() as door:
+            door.start_soon(self._enforce_deadlines)
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                with trio.CancelScope() as accepting:
+                    nursery.start_soon(self._stop_accepting, accepting)
+                    await self._accept(listener, nursery)
+                await listener.aclose()
+            door.cancel_scope.cancel()  # every connection is closed
 
     async def _stop_accepting(self, scope: trio.CancelScope) -> None:
         await self.closing.wait()
@@ -138,123 +124,305 @@ class IntakeDoor:
     def close(self) -> None:
         """Stop accepting; idle keep-alive connections close now, busy ones after their answer."""
         self.closing.set()
-        for scope in self._idle:
-            scope.cancel()
+        for connection in self._waiting:
+            if connection.phase is Phase.IDLE:
+                connection.scope.cancel()
+
+    async def _enforce_deadlines(self) -> None:
+        """Cancel the connections whose deadline passed while they wait for the client. One sweep every
+        `tick` instead of a cancel scope per receive: that costs more than parsing a request."""
+        while True:
+            await trio.sleep(self.tick)
+            now = trio.current_time()
+            for connection in self._waiting:
+                if connection.deadline <= now:
+                    connection.scope.cancel()
+
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        failures, logged = 0, -ACCEPT_LOG_EVERY
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                # out of descriptors (EMFILE/ENFILE) or kernel memory: wait for connections to close,
+                # as trio.serve_listeners does; any other accept error is logged the same way and retried
+                failures += 1
+                now = trio.current_time()
+                if now - logged >= ACCEPT_LOG_EVERY:
+                    level = logging.WARNING if exc.errno in ACCEPT_CAPACITY_ERRNOS else logging.ERROR
+                    log.log(level, "accept failed %d time(s): %s; retrying every %g s (%d connections open)",
+                            failures, errno.errorcode.get(exc.errno or 0, exc), ACCEPT_BACKOFF, self.connections,
+                            exc_info=level == logging.ERROR)
+                    failures, logged = 0, now
+                await trio.sleep(ACCEPT_BACKOFF)
+                continue
+            if self.connections >= self.max_connections:
+                if self.busy_answers < MAX_BUSY_ANSWERS:
+                    self.busy_answers += 1
+                    nursery.start_soon(self._answer_busy, stream)
+                else:
+                    stream.socket.close()
+                continue
+            self.connections += 1
+            nursery.start_soon(self._connection, stream)
+
+    async def _answer_busy(self, stream: trio.SocketStream) -> None:
+        """503 + Retry-After to a connection over the cap, then close it."""
+        try:
+            with trio.move_on_after(BUSY_SECONDS):
+                await stream.send_all(self._busy)
+                await _linger(stream, BUSY_SECONDS / 2)
+        except (*_GONE, OSError):
+            pass
+        finally:
+            self.busy_answers -= 1
+            self.service.telemetry.record_request(503, 0.0)
+            await trio.aclose_forcefully(stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
         try:
-            async with stream:
-                await self._serve_requests(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            await _Connection(self, stream).run()
+        except _GONE:
             pass  # the client went away
+        except Exception:  # never BaseException: Cancelled must go on
+            log.exception("connection failed; it is closed, the server goes on")
         finally:
             self.connections -= 1
+            await trio.aclose_forcefully(stream)
 
-    async def _receive(self, stream: trio.SocketStream, deadline: float, *, idle: bool = False) -> bytes:
-        """The next bytes, or b"" when the client closed, was too slow, or (idle) the door is closing."""
-        if idle and self.closing.is_set():
-            return b""
-        with trio.move_on_at(deadline) as scope:
-            if idle:
-                self._idle.add(scope)
-            try:
-                return await stream.receive_some(READ_SIZE)
-            finally:
-                self._idle.discard(scope)
-        return b""
 
-    async def _serve_requests(self, stream: trio.SocketStream) -> None:
-        buf = bytearray()
-        while not self.closing.is_set() or buf:
-            # ---- the request head
-            started = trio.current_time()
-            end = buf.find(b"\r\n\r\n")
-            while end < 0:
-                if len(buf) > MAX_HEAD:
-                    await stream.send_all(_response(_problem(431, "request head larger than 16 KiB"), False))
+async def _linger(stream: trio.SocketStream, seconds: float) -> None:
+    """Half-close, then read and drop what the client still sends for a moment: closing with unread
+    bytes would reset the connection, and the client could lose the answer just sent."""
+    with trio.move_on_after(seconds):
+        await stream.send_eof()
+        taken = 0
+        while taken < LINGER_BYTES:
+            data = await stream.receive_some(READ_SIZE)
+            if not data:
+                break
+            taken += len(data)
+
+
+class _Connection:
+    """One client connection: the core's events in, answers out, in order."""
+
+    __slots__ = ("deadline", "door", "http", "phase", "phase_started", "scope", "stream", "upstream",
+                 "upstream_used")
+
+    def __init__(self, door: IntakeDoor, stream: trio.SocketStream) -> None:
+        self.door = door
+        self.stream = stream
+        self.http = ServerConnection(door.limits)
+        self.scope = trio.CancelScope()  # cancelled by the door when a deadline passed (or idle at shutdown)
+        self.phase: str | None = None  # the phase whose deadline runs, since phase_started
+        self.phase_started = 0.0
+        self.deadline = math.inf  # while waiting for the client
+        self.upstream: trio.SocketStream | None = None  # to Hypercorn, opened on the first relayed request
+        self.upstream_used = False  # it carried a request already (Hypercorn may have closed it since)
+
+    async def run(self) -> None:
+        try:
+            with self.scope:
+                await self._serve()
+            if self.scope.cancel_called and self.phase is not Phase.IDLE:  # too slow: 408
+                door = self.door
+                what, seconds = ("head", door.header_timeout) if self.phase is Phase.HEAD else \
+                    ("body", door.body_timeout)
+                await self._refuse(Refusal(408, f"the request {what} did not arrive within {seconds:g} s"))
+            # (an idle connection closes quietly)
+        finally:
+            if self.upstream is not None:
+                await trio.aclose_forcefully(self.upstream)
+
+    async def _serve(self) -> None:
+        http = self.http
+        request: Request | None = None
+        body: list[bytes] = []
+        while True:
+            event = http.next_event()
+            if event is NEED_DATA:
+                if not await self._receive():
                     return
-                timeout = REQUEST_TIMEOUT if buf else IDLE_TIMEOUT
-                data = await self._receive(stream, started + timeout, idle=not buf)
-                if not data:
+            elif isinstance(event, Request):
+                request = event
+                if event.body is None:  # Data and END follow
+                    body.clear()
+                    continue
+                self.phase = None  # the next request's deadlines start now
+                if not await self._answer(event, event.body):
                     return
-                buf += data
-                end = buf.find(b"\r\n\r\n")
-            head = _Head()
-            parser = httptools.HttpRequestParser(head)
-            try:
-                parser.feed_data(bytes(buf[: end + 4]))
-            except httptools.HttpParserUpgrade:
-                await self._relay(stream, buf)
-                return
-            except httptools.HttpParserError:
-                await stream.send_all(_response(_problem(400, "malformed HTTP request"), False))
-                return
-            method = parser.get_method()
-            try:
-                path = httptools.parse_url(head.url).path.decode("utf-8", "surrogateescape")
-            except httptools.HttpParserInvalidURLError:
-                path = ""
-            route = _route(method, path)
-            if route is None or head.transfer_encoding or head.expect or not head.headers_done:
-                await self._relay(stream, buf)  # not ours (or chunked / 100-continue): Hypercorn answers it
-                return
-            keep_alive = parser.should_keep_alive() and head.connection != b"close"
-            length = head.content_length or 0
-            if length < 0:
-                await stream.send_all(_response(_problem(400, "Content-Length is not a number"), False))
-                return
-            if length > self.max_body:
-                detail = f"body: larger than the limit of {self.max_body} bytes"
-                await stream.send_all(_response(_problem(413, detail), False))
-                return
-            # ---- the body
-            total = end + 4 + length
-            while len(buf) < total:
-                data = await self._receive(stream, started + REQUEST_TIMEOUT)
-                if not data:
+            elif isinstance(event, Data):
+                body.append(event.data)
+            elif event is END:
+                assert request is not None
+                self.phase = None
+                if not await self._answer(request, b"".join(body)):
                     return
-                buf += data
-            body = bytes(buf[end + 4: total])
-            del buf[:total]
-            # ---- the answer (pipelined requests wait in `buf` and are answered in order)
+            elif isinstance(event, Refusal):
+                await self._refuse(event)
+                return
+            else:
+                assert event is CLOSED
+                return
+
+    async def _receive(self) -> bool:
+        """Feed the core the client's next bytes; False when the connection is to close (a deadline
+        passed, or idle at shutdown)."""
+        door, http = self.door, self.http
+        phase = http.phase
+        if phase is not self.phase:
+            self.phase, self.phase_started = phase, trio.current_time()
+            if phase is Phase.IDLE:
+                self.deadline = self.phase_started + door.idle_timeout
+            elif phase is Phase.HEAD:
+                self.deadline = self.phase_started + door.header_timeout
+            else:
+                self.deadline = self.phase_started + door.body_timeout
+        if phase is Phase.IDLE and door.closing.is_set():
+            return False
+        if phase is Phase.BODY and http.take_continue():
+            await self.stream.send_all(CONTINUE)
+        door._waiting.add(self)
+        try:
+            data = await self.stream.receive_some(READ_SIZE)
+        finally:
+            door._waiting.discard(self)
+        if self.scope.cancel_called:  # the deadline passed as the bytes came: too late all the same
+            return False
+        http.receive_data(data)
+        return True
+
+    async def _refuse(self, refusal: Refusal) -> None:
+        self.door.service.telemetry.record_request(refusal.status, 0.0)
+        try:
+            await self.stream.send_all(_problem_bytes(refusal.status, refusal.detail, refusal.headers))
+            await _linger(self.stream, LINGER_SECONDS)
+        except _GONE:
+            pass
+
+    async def _answer(self, request: Request, body: bytes) -> bool:
+        """Answer one complete request; True when the connection carries on."""
+        door = self.door
+        keep_alive = request.keep_alive and not door.closing.is_set()
+        route = _route(request.method, request.path)
+        if route is not None:
             clock = time.perf_counter()
             handler, params = route
-            answer = await intake.answer(handler, self.service, intake.Call(head.headers, body), *params)
-            self.service.telemetry.record_request(answer.status, time.perf_counter() - clock)
-            if self.closing.is_set():
-                keep_alive = False
-            await stream.send_all(_response(answer, keep_alive))
-            if not keep_alive:
-                return
+            answer = await intake.answer(handler, door.service, intake.Call(request.headers, body), *params)
+            door.service.telemetry.record_request(answer.status, time.perf_counter() - clock)
+            keep_alive = keep_alive and not door.closing.is_set()
+            await self.stream.send_all(serialize(answer.status, answer.content_type, answer.headers,
+                                                 orjson.dumps(answer.body), keep_alive=keep_alive,
+                                                 http10=request.version == "1.0"))
+            return keep_alive
+        if request.form is TargetForm.ASTERISK:  # OPTIONS *: what the server as a whole allows
+            door.service.telemetry.record_request(204, 0.0)
+            await self.stream.send_all(ASTERISK_ANSWER if keep_alive else
+                                       ASTERISK_ANSWER[:-2] + b"connection: close\r\n\r\n")
+            return keep_alive
+        return await self._relay(request, body) and not door.closing.is_set()
 
-    async def _relay(self, client: trio.SocketStream, already: bytearray) -> None:
-        """Pipe this connection to Hypercorn, starting with the bytes read so far, until either side closes."""
-        try:
-            upstream = await trio.open_unix_socket(self.upstream)
-        except OSError:
-            await client.send_all(_response(_problem(503, "the application server is not reachable"), False))
-            return
-        async with upstream:
-            if already:
-                await upstream.send_all(bytes(already))
+    # ------------------------------------------------------------------ relaying to Hypercorn
 
-            async def to_upstream(done: trio.CancelScope) -> None:
-                try:
-                    while data := await client.receive_some(READ_SIZE):
-                        await upstream.send_all(data)
-                    await upstream.send_eof()  # the client finished sending; its answers still flow back
-                except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
-                    done.cancel()
+    async def _relay(self, request: Request, body: bytes) -> bool:
+        """Hypercorn answers this request; its bytes go to the client as they come. True when the
+        connection carries on."""
+        payload = upstream_request(request, body)
+        leftover = b""
+        for _attempt in range(2):
+            reused = self.upstream is not None and self.upstream_used
+            upstream = await self._open_upstream()
+            if upstream is None:
+                await self._refuse(Refusal(503, "the application server is not reachable"))
+                return False
+            framing = ResponseFraming(request.method)
+            sent = await self._send_upstream(payload)
+            if sent:
+                self.upstream_used = True
+                leftover = await self._forward_answer(upstream, framing)
+            if sent and framing.complete and not framing.error:
+                break
+            await self._drop_upstream()
+            if framing.forwarded:
+                return False  # part of an answer went out: the client's connection cannot go on
+            if not reused:  # a fresh connection that failed: Hypercorn is in trouble
+                await self._refuse(Refusal(503, "the application server did not answer"))
+                return False
+            # else Hypercorn had closed the kept connection before it read the request: once more
+        else:
+            await self._refuse(Refusal(503, "the application server did not answer"))
+            return False
+        if framing.switched:
+            await self._pipe(upstream, leftover)
+            return False
+        # a refused upgrade, or Hypercorn closes: so does the client's connection
+        return request.upgrade is None and framing.keep_alive
 
-            async def to_client(done: trio.CancelScope) -> None:
-                try:
-                    while data := await upstream.receive_some(READ_SIZE):
-                        await client.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
-                    pass
-                done.cancel()  # Hypercorn closed: so does the client's connection
+    async def _open_upstream(self) -> trio.SocketStream | None:
+        if self.upstream is None:
+            try:
+                self.upstream = await trio.open_unix_socket(self.door.upstream)
+            except OSError:
+                log.warning("relay: cannot connect to the application server", exc_info=True)
+                return None
+            self.upstream_used = False
+        return self.upstream
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(to_upstream, nursery.cancel_scope)
-                nursery.start_soon(to_client, nursery.cancel_scope)
+    async def _drop_upstream(self) -> None:
+        if self.upstream is not None:
+            await trio.aclose_forcefully(self.upstream)
+            self.upstream = None
+
+    async def _send_upstream(self, payload: bytes) -> bool:
+        assert self.upstream is not None
+        with trio.move_on_after(UPSTREAM_SEND_SECONDS):
+            try:
+                await self.upstream.send_all(payload)
+                return True
+            except _GONE:
+                return False
+        return False
+
+    async def _forward_answer(self, upstream: trio.SocketStream, framing: ResponseFraming) -> bytes:
+        """Forward Hypercorn's answer to the client until it is complete; what Hypercorn sent after a 101."""
+        while not framing.complete:
+            try:
+                data = await upstream.receive_some(READ_SIZE)
+            except _GONE:
+                data = b""
+            taken = framing.feed(data)
+            if taken:
+                await self.stream.send_all(data if taken == len(data) else data[:taken])
+            if framing.switched:
+                return data[taken:]
+        return b""
+
+    async def _pipe(self, upstream: trio.SocketStream, leftover: bytes) -> None:
+        """After 101 Switching Protocols: bytes both ways, unparsed, until either side closes."""
+        client = self.stream
+        if leftover:
+            await client.send_all(leftover)
+        early = self.http.trailing_data()  # what the client sent after its handshake
+
+        async def to_upstream(done: trio.CancelScope) -> None:
+            try:
+                if early:
+                    await upstream.send_all(early)
+                while data := await client.receive_some(READ_SIZE):
+                    await upstream.send_all(data)
+                await upstream.send_eof()  # the client finished sending; Hypercorn's bytes still flow back
+            except _GONE:
+                done.cancel()
+
+        async def to_client(done: trio.CancelScope) -> None:
+            try:
+                while data := await upstream.receive_some(READ_SIZE):
+                    await client.send_all(data)
+            except _GONE:
+                pass
+            done.cancel()  # Hypercorn closed: so does the client's connection
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(to_upstream, nursery.cancel_scope)
+            nursery.start_soon(to_client, nursery.cancel_scope)

@@ -13,7 +13,8 @@ from .telemetry import iso_time
 # codes of problem+json answers that come from HTTP itself rather than from the booking rules
 HTTP_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
               405: "invalid_request", 408: "invalid_request", 411: "invalid_request", 413: "payload_too_large",
-              414: "invalid_request", 415: "unsupported_media_type", 431: "invalid_request", 503: "unavailable"}
+              414: "invalid_request", 415: "unsupported_media_type", 431: "invalid_request", 503: "unavailable",
+              505: "invalid_request"}
 
 
 def http_code(status: int) -> str:

@@ -4,6 +4,7 @@ running the Quart-Trio app, in one nursery for the serving lifetime."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -102,13 +103,20 @@ def public_socket(settings: Settings) -> socket.socket:
 
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:
+    """Hypercorn's settings, from ours. In front of it, the door enforces every limit and deadline first;
+    these are the defence in depth (and the only limits when `intake_door` is off)."""
     config = HypercornConfig()
     config.bind = [f"fd://{settings.listen_fd}" if settings.listen_fd >= 0 else f"{settings.host}:{settings.port}"]
     config.backlog = 4096  # a flash sale opens thousands of connections at once
     config.graceful_timeout = settings.shutdown_grace
-    config.keep_alive_timeout = 15
-    config.h11_max_incomplete_size = 16 * 1024  # request line + headers
+    # behind the door, the door closes idle connections first (so Hypercorn never closes one under a request)
+    config.keep_alive_timeout = settings.idle_timeout + (5 if settings.intake_door else 0)
+    config.h11_max_incomplete_size = settings.max_head_bytes + (4096 if settings.intake_door else 0)
     config.websocket_max_message_size = 64 * 1024
+    # a connection that sends nothing this long is closed: longer than a long-poll (a relayed `?wait=`
+    # sends nothing while it waits); websocket viewers answer the pings, which counts as sending
+    config.read_timeout = math.ceil(settings.max_wait + settings.header_timeout + settings.body_timeout)
+    config.websocket_ping_interval = max(1.0, min(15.0, config.read_timeout / 3))
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config

@@ -268,7 +268,12 @@ class IntakeBatcher:
                 return
             record = await self.admission.pending(booking_id)
             if record is None:
-                ticket.fail(Unavailable(f"booking {booking_id} is not readable yet; retry", component="store"))
+                # a consumer may have stored and settled it between the two reads
+                earlier = await self.store.get_booking(booking_id)
+                if earlier is None:
+                    ticket.fail(Unavailable(f"booking {booking_id} is not readable yet; retry", component="store"))
+                else:
+                    ticket.succeed(Accepted(earlier, False, self.secrets.recover(earlier, key)))
                 return
             if not record.queued:
                 if self.clock() - record.admitted_at < self.requeue_after:

@@ -107,6 +107,8 @@ class Decider:
             await self.queue.retry(ready)
             await trio.sleep(RETRY_PAUSE)
             return
+        for event_id in {d.event_id for d in decided if d.status is BookingStatus.HELD}:
+            self.seat_maps.changed(event_id)  # at once: a reader may learn of the decision from the store
         stale = {d.id for d in decided if d.status is BookingStatus.PENDING}
         if stale:  # our leases were older than a seat's last write (fencing): count above it, retry them
             fenced = [b for b in ready if b.id in stale]
@@ -150,7 +152,6 @@ class Decider:
             self.telemetry.booking(b)
             if b.status is BookingStatus.HELD:
                 self.telemetry.seats(b.event_id, b.seat_ids, "held")
-                self.seat_maps.changed(b.event_id)
         return True
 
     # ------------------------------------------------------------------ poison

@@ -215,6 +215,7 @@ class BookingService:
         with trio.CancelScope(shield=True):
             try:
                 (decided,) = await self.store.decide([booking], self.clock(), insert=True)
+                self.seat_maps.changed(booking.event_id)
             except Exception:
                 # the store may have committed before failing to answer: the tombstone makes it certain
                 # (a booking stored already is settled; one that is not is recorded rejected, and abandoned)
@@ -224,7 +225,6 @@ class BookingService:
         self.telemetry.booking(decided)
         if decided.status is BookingStatus.HELD:
             self.telemetry.seats(decided.event_id, decided.seat_ids, "held")
-            self.seat_maps.changed(decided.event_id)
         self.waiters.notify(decided.id)
         return decided
 
@@ -247,7 +247,10 @@ class BookingService:
         if stored is not None:
             return stored
         record = await self.admission.pending(booking_id)
-        return record.booking if record is not None else None
+        if record is not None:
+            return record.booking
+        # a consumer may have stored and settled it between the two reads: the store has it now
+        return await self.store.get_booking(booking_id)
 
     async def _owned(self, booking_id: str, credential: str | None) -> Booking:
         """The booking, for the holder of its secret or the admin token (API 1.1): Unauthorized without
@@ -279,10 +282,10 @@ class BookingService:
             raise InvalidTransition(f"booking {booking_id} is pending; only a held booking can be confirmed")
         with trio.CancelScope(shield=True):  # a client hanging up does not undo a purchase half-way
             booking, changed = await self.store.confirm(booking_id, self.clock())
+            self.seat_maps.changed(booking.event_id)
         if changed:
             self.telemetry.booking(booking)
             self.telemetry.seats(booking.event_id, booking.seat_ids, "sold")
-            self.seat_maps.changed(booking.event_id)
         return booking
 
     async def cancel(self, booking_id: str, credential: str | None) -> Booking:
@@ -293,10 +296,10 @@ class BookingService:
         # the edge counting the seats as taken (the store's outbox catches a crash in between)
         with trio.CancelScope(shield=True):
             booking = await self.store.cancel(booking_id, self.clock())
+            self.seat_maps.changed(booking.event_id)
             await self.followups.release([booking])
         self.telemetry.booking(booking)
         self.telemetry.seats(booking.event_id, booking.seat_ids, "available")
-        self.seat_maps.changed(booking.event_id)
         return booking
 
     async def expire_lapsed_holds(self) -> list[Booking]:

@@ -48,12 +48,13 @@ class HoldSweeper:
             # the commit and its edge release belong together: a cancelled sweep still releases
             with trio.CancelScope(shield=True):
                 chunk = await self.store.expire_lapsed(self.clock(), CHUNK)
+                for event_id in {b.event_id for b in chunk}:
+                    self.seat_maps.changed(event_id)
                 await self.followups.release(chunk)
             for b in chunk:
                 self.telemetry.holds_expired += 1
                 self.telemetry.booking(b)
                 self.telemetry.seats(b.event_id, b.seat_ids, "available")
-                self.seat_maps.changed(b.event_id)
             expired.extend(chunk)
             if len(chunk) < CHUNK:
                 return expired

@@ -105,6 +105,7 @@ def create_app(service: BookingService) -> QuartTrio:
     static_dir = Path(settings.static_dir).resolve()
     app = QuartTrio("ticketblitz", static_folder=str(static_dir), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["BODY_TIMEOUT"] = settings.body_timeout  # 408 for a body that trickles (the door checks first)
     app.config["QUART_SCHEMA_CONVERSION_PREFERENCE"] = "pydantic"
     QuartSchema(
         app,

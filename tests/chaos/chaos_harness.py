@@ -157,6 +157,31 @@ def client_ports(pid: int, remote_port: int) -> set[int]:
     return ports
 
 
+CHAOS_DIR = ROOT / ".services" / "chaos"
+PIDS_FILE = CHAOS_DIR / "processes.pids"  # every server/proxy PID started, for a session killed without finalizers
+
+
+def remember_pid(pid: int) -> None:
+    CHAOS_DIR.mkdir(parents=True, exist_ok=True)
+    with PIDS_FILE.open("a") as f:
+        f.write(f"{pid}\n")
+
+
+def kill_remembered() -> list[int]:
+    """SIGKILL the servers/proxies a previous session left running (it died without its finalizers); only
+    PIDs it recorded, only if their command line is still ours."""
+    try:
+        pids = [int(x) for x in PIDS_FILE.read_text().split() if x.isdigit()]
+    except OSError:
+        return []
+    pids += [c for p in pids if "ticketblitz" in cmdline(p) for c in children(p)]  # workers not seen yet
+    killed = [p for p in dict.fromkeys(pids)
+              if kill_pid(p, signal.SIGKILL, "ticketblitz") or kill_pid(p, signal.SIGKILL, "stall_proxy")]
+    wait_gone(killed, 10)
+    PIDS_FILE.unlink(missing_ok=True)
+    return killed
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -273,6 +298,8 @@ class PrivateServices:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RuntimeError(f"another chaos session uses {self.dir} (its lock is held); wait for it") from None
+        for pid in kill_remembered():
+            log(f"SIGKILL leftover process {pid} of an earlier session")
         if self.ports_file.exists():  # a session that died without its finalizer: stop what it left, by PID
             with contextlib.suppress(ValueError):
                 self.ports = orjson.loads(self.ports_file.read_bytes())
@@ -518,6 +545,7 @@ class Servers:
                  "--workers", str(self.workers)],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT))
         self.supervisors.add(self.proc.pid)
+        remember_pid(self.proc.pid)
         log(f"servers generation {self.generation}: supervisor pid {self.proc.pid}, log {path}")
 
     async def start(self, within: float = 90.0) -> None:
@@ -548,7 +576,10 @@ class Servers:
         except OSError:
             return []
         found = [(int(m[1]), int(m[2])) for m in WORKER_LINE.finditer(text)]
-        self.seen_workers.update(p for _, p in found)
+        for _, pid in found:
+            if pid not in self.seen_workers:
+                self.seen_workers.add(pid)
+                remember_pid(pid)
         return found
 
     def worker_pids(self) -> dict[int, int]:
@@ -628,6 +659,7 @@ class StallProxy:
             self.proc = await trio.lowlevel.open_process(
                 [sys.executable, str(Path(__file__).with_name("stall_proxy.py")), "--upstream-port",
                  str(self.upstream_port), "--port-file", str(port_file)], stdout=out, stderr=subprocess.STDOUT)
+        remember_pid(self.proc.pid)
         with trio.fail_after(20):
             while not port_file.exists():
                 assert self.proc.poll() is None, (self.logdir / "proxy.log").read_text()
@@ -1598,8 +1630,12 @@ def report(outcomes: Sequence[Outcome], started: float, mode: Mode, services: Pr
     return "\n".join(parts) + "\n"
 
 
-def write_report(outcomes: Sequence[Outcome], started: float, mode: Mode, services: PrivateServices | None) -> Path:
-    path = ROOT / "bench" / "results" / f"chaos-{time.strftime('%Y-%m-%d', time.gmtime(started))}.md"
+def write_report(outcomes: Sequence[Outcome], started: float, mode: Mode, services: PrivateServices | None,
+                 subset: str = "") -> Path:
+    """bench/results/chaos-<UTC date>.md; a run of only some scenarios writes chaos-<date>-<those>.md instead,
+    so that it never replaces the report of a whole run (nor a long run the short one's)."""
+    suffix = ("-long" if mode.name == "long" else "") + (f"-{subset}" if subset else "")
+    path = ROOT / "bench" / "results" / f"chaos-{time.strftime('%Y-%m-%d', time.gmtime(started))}{suffix}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report(outcomes, started, mode, services))
     return path

@@ -57,7 +57,7 @@ OUTCOMES: list[Outcome] = []
 LOCK_TTL_MS = 1000  # scenario (g): the lease a paused worker outlives
 PAUSE = 3.0  # scenario (g): how long the worker stays stopped
 PAUSES = 3  # scenario (g): pauses tried until a probe took a contested seat during one
-CATCH_TRIES = 25  # scenario (g): short SIGSTOPs per pause to catch the worker holding leases, outside a transaction
+CATCH_TRIES = 25  # scenario (g): short SIGSTOPs per pause to catch the worker holding leases on unwritten seats
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def chaos_services(request: pytest.FixtureRequest) -> Iterator[PrivateServices]:
     finally:
         services.down()
         if OUTCOMES:
-            path = write_report(OUTCOMES, STARTED, MODE, services)
+            path = write_report(OUTCOMES, STARTED, MODE, services, selected(request))
             reporter = request.config.pluginmanager.get_plugin("terminalreporter")
             capture = request.config.pluginmanager.get_plugin("capturemanager")
             text = f"\n\nchaos results ({MODE.name} mode), written to {path}:\n{table(OUTCOMES)}"
@@ -81,6 +81,13 @@ def chaos_services(request: pytest.FixtureRequest) -> Iterator[PrivateServices]:
                     reporter.write_line(text)
             else:
                 print(text)
+
+
+def selected(request: pytest.FixtureRequest) -> str:
+    """'' when this session runs every scenario, else the letters of those it runs (names the report)."""
+    chosen = {item.callspec.params["scenario"] for item in request.session.items
+              if getattr(item, "originalname", None) == "test_chaos" and hasattr(item, "callspec")}
+    return "" if chosen >= set(SCENARIOS) else "".join(sorted(chosen))
 
 
 @pytest.fixture(scope="session")
@@ -383,7 +390,8 @@ SCENARIOS: dict[str, tuple[str, Any, dict[str, Any]]] = {
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-async def test_chaos(scenario: str, chaos_services: PrivateServices, run_dir: Path) -> None:
+async def test_chaos(scenario: str, chaos_services: PrivateServices, run_dir: Path,
+                     request: pytest.FixtureRequest) -> None:
     title, fault, options = SCENARIOS[scenario]
     logs = run_dir / scenario
     logs.mkdir(parents=True, exist_ok=True)
@@ -391,7 +399,7 @@ async def test_chaos(scenario: str, chaos_services: PrivateServices, run_dir: Pa
     run = Run(scenario, title, chaos_services, logs, MODE, fault, **options)
     outcome = await run.execute()
     OUTCOMES.append(outcome)
-    write_report(OUTCOMES, STARTED, MODE, chaos_services)
+    write_report(OUTCOMES, STARTED, MODE, chaos_services, selected(request))
     print(table([outcome]))
     for line in outcome.evidence:
         print(line)

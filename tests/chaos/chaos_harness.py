@@ -108,11 +108,20 @@ def cmdline(pid: int) -> str:
 
 
 def children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
+    """The child processes of `pid`, whichever of its threads started them (trio spawns from worker
+    threads, and /proc/<pid>/task/<tid>/children lists only that thread's children), plus a scan of every
+    process's parent PID, which also catches children that a reading raced with."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.update(int(x) for x in f.read().split())
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.add(int(entry))
+    return sorted(found)
 
 
 def kill_pid(pid: int, sig: int, needle: str) -> bool:
@@ -569,10 +578,10 @@ class Servers:
                 await trio.sleep(0.05)
         return trio.current_time() - t0
 
-    def worker_lines(self) -> list[tuple[int, int]]:
-        """(index, pid) of every 'worker N started (pid P)' line of the current generation."""
+    def worker_lines(self, log: Path | None = None) -> list[tuple[int, int]]:
+        """(index, pid) of every 'worker N started (pid P)' line of the current generation (or of `log`)."""
         try:
-            text = self.log.read_bytes()
+            text = (log or self.log).read_bytes()
         except OSError:
             return []
         found = [(int(m[1]), int(m[2])) for m in WORKER_LINE.finditer(text)]
@@ -594,7 +603,8 @@ class Servers:
         return current
 
     def all_pids(self) -> list[int]:
-        self.worker_lines()
+        for log in self.logs:
+            self.worker_lines(log)
         pids = set(self.supervisors) | set(self.seen_workers)
         for sup in self.supervisors:
             pids.update(children(sup))
@@ -612,7 +622,7 @@ class Servers:
     async def kill_all(self) -> list[int]:
         """kill -9 of the supervisor (first, so that it restarts nobody) and of its workers."""
         assert self.proc is not None
-        workers = children(self.proc.pid)
+        workers = sorted(set(children(self.proc.pid)) | {p for _, p in self.worker_lines() if pid_alive(p)})
         victims = [self.proc.pid, *workers]
         for pid in victims:
             kill_pid(pid, signal.SIGKILL, "ticketblitz")
@@ -1207,16 +1217,17 @@ class Run:
 
     async def wait_ready(self, since: float, in_a_row: int = 5) -> float | None:
         """Seconds from `since` (trio clock) until /readyz answered 200 `in_a_row` times on fresh
-        connections; None if not within mode.ready_within."""
+        connections (counted from the first of them's answer, which may wait in the listen backlog until a
+        worker accepts); None if not within mode.ready_within."""
         ok, first_ok = 0, None
         with trio.move_on_at(since + self.mode.ready_within):
             while ok < in_a_row:
-                t = trio.current_time()
                 try:
                     r = await http(self.port, "GET", "/readyz", within=3)
                     good = r.status == 200
                 except ClientError:
                     good = False
+                t = trio.current_time()
                 if good:
                     first_ok = t if ok == 0 else first_ok
                     ok += 1

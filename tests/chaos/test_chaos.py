@@ -290,8 +290,8 @@ async def pause_worker(run: Run, n: int) -> tuple[float, str]:
         os.kill(pid, signal.SIGCONT)
         end, wall_cont = trio.current_time(), time.time()
         run.fault_state.setdefault("pauses", []).append(
-            {"pid": pid, "index": index, "attempt": attempt, "tries": total_tries, "stuck": stuck, "seats": seats,
-             "open_tx": open_tx,
+            {"pid": pid, "index": index, "fault": n + 1, "attempt": attempt, "tries": total_tries, "stuck": stuck,
+             "seats": seats, "open_tx": open_tx,
              "usable": usable, "probes": probes, "wall_stop": wall_stop, "wall_cont": wall_cont,
              "decided_in_pause": {i: st for i, st in decided.items() if st in FINAL}})
         held = sum(1 for st in decided.values() if st in ("held", "confirmed"))
@@ -351,7 +351,8 @@ async def fencing_evidence(run: Run) -> None:
         probes = p["probes"]
         decided = [r for r in probes if r.booking_ids]
         out.evidence.append(
-            f"(g) fencing, pause {p['attempt']}: worker {p['index']} pid {p['pid']} stopped with {len(p['stuck'])} "
+            f"(g) fencing, fault {p['fault']} pause {p['attempt']}: worker {p['index']} pid {p['pid']} stopped "
+            f"with {len(p['stuck'])} "
             f"seat leases in Redis and {p['open_tx']} store transactions open (after {p['tries']} SIGSTOP tries): "
             f"{sorted(p['stuck'])[:4]}, probe-able (a partition of the running worker) {p['usable'][:6]}; "
             f"{len(p['decided_in_pause'])} probes decided during the pause "

@@ -62,9 +62,10 @@ CATCH_TRIES = 25  # scenario (g): short SIGSTOPs per pause to catch the worker h
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chaos_services(request: pytest.FixtureRequest) -> Iterator[PrivateServices]:
-    """The private set, started once per session, stopped by PID whatever happens; the report at the end."""
+    """The private set, started once (module scope: all scenarios live here, and it is stopped as soon as
+    the last one is done, not at the end of a whole `make test`), stopped by PID whatever happens; the report."""
     services = PrivateServices()
     try:
         services.up()
@@ -90,7 +91,7 @@ def selected(request: pytest.FixtureRequest) -> str:
     return "" if chosen >= set(SCENARIOS) else "".join(sorted(chosen))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def run_dir() -> Path:
     """This session's log folder (git-ignored, outside pytest's rotating tmp dirs, so that the logs a report
     cites still exist later); older sessions' folders beyond KEEP_RUNS are removed."""

@@ -297,10 +297,18 @@ async def test_second_settle_of_the_same_booking_is_a_no_op(edge: Edge) -> None:
     assert await edge.admission.settle([held, held]) == [True, False]
 
 
-async def test_settle_of_an_unknown_booking_is_a_no_op(edge: Edge) -> None:
+async def test_settle_of_a_booking_the_edge_lost_counts_its_seats_once(edge: Edge) -> None:
+    """The edge was rebuilt (Redis restarted empty) while a booking was only in the queue: when the store
+    decides it, the seats it holds are counted as taken, once; a rejected one changes nothing."""
     await edge.add_event()
-    assert await edge.settle(booking("never-admitted", "u", 1), ("A-1-1",)) is False
-    assert edge.stock() == Stock(10, {}, {})
+    lost = booking("lost-in-a-rebuild", "u", 2)
+    assert await edge.settle(lost, ("A-1-1", "A-1-2")) is True
+    assert edge.stock() == Stock(8, {"A-1-1": lost.id, "A-1-2": lost.id}, {"u": 2})
+    assert await edge.settle(lost, ("A-1-1", "A-1-2")) is False  # a redelivery
+    assert await edge.settle(booking("rejected-one", "v", 1), ()) is False
+    assert edge.stock() == Stock(8, {"A-1-1": lost.id, "A-1-2": lost.id}, {"u": 2})
+    err = await edge.admit(booking("late", "w", seats=("A-1-2",)))
+    assert err is not None and err.code == "seat_unavailable"
 
 
 async def test_release_returns_seats(edge: Edge) -> None:

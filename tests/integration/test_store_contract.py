@@ -15,7 +15,7 @@ import random
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import orjson
 import psycopg
 import pytest
 import trio
-from test_postgres_store import URL_ENV, Databases, make_event, pending
+from test_postgres_store import Databases, databases, make_event, pending  # noqa: F401 - the fixture, shared
 
 from ticketblitz.adapters import postgres_store, sqlite_store
 from ticketblitz.adapters.postgres_store import PostgresStore, _lock_key
@@ -90,15 +90,6 @@ class Backend:
         for store in self.opened:
             await store.close()
 
-
-@pytest.fixture(scope="module")
-def databases() -> Iterator[Databases]:
-    url = os.environ.get(URL_ENV)
-    if not url:
-        pytest.fail(f'{URL_ENV} is not set: run `eval "$(bash scripts/services.sh env)"` first', pytrace=False)
-    dbs = Databases(url)
-    yield dbs
-    dbs.drop_all()
 
 
 @pytest.fixture(params=STORES)

@@ -11,11 +11,10 @@ after COMMIT was sent. Outcomes are asserted, never durations.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import psycopg
 import pytest
 import trio
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from test_postgres_store import URL_ENV, Databases
+from test_postgres_store import Databases, databases  # noqa: F401 - the fixture, shared
 
 from ticketblitz.adapters.postgres_store import PostgresStore
 from ticketblitz.adapters.sqlite_store import SqliteStore
@@ -236,15 +235,6 @@ async def test_sqlite_checkpoints_keep_the_wal_short(tiny: SqliteStore) -> None:
 
 
 # ---------------------------------------------------------------------- PostgreSQL
-@pytest.fixture(scope="module")
-def databases() -> Iterator[Databases]:
-    url = os.environ.get(URL_ENV)
-    if not url:
-        pytest.fail(f'{URL_ENV} is not set: run `eval "$(bash scripts/services.sh env)"` first', pytrace=False)
-    dbs = Databases(url)
-    yield dbs
-    dbs.drop_all()
-
 
 def pg_probes(url: str) -> list[str]:
     with psycopg.connect(url, autocommit=True) as conn:

@@ -54,6 +54,10 @@ EXPIRY_SLACK_S = 0.2  # past the produce deadline: room for the producer to repo
 # Reconnect attempts to a broker that went away back off up to this (kafka-python's default, 30 s, would
 # leave consumers and producers idle for that long after the broker is back).
 RECONNECT_BACKOFF_MAX_MS = 1000
+RECYCLE_AFTER_S = 4.0  # a producer failing this long is replaced by a new one
+SESSION_TIMEOUT_MS = 10_000  # a dead group member is noticed after this
+HEARTBEAT_MS = 2_500
+MAX_POLL_INTERVAL_MS = 60_000  # also how long a rebalance waits for the live members to rejoin
 REASON_HEADER = "reason"  # why a message is in the dead-letter topic
 SOURCE_HEADER = "source"  # where it was read: topic/partition/offset
 
@@ -282,6 +286,8 @@ class KafkaQueue:
         self._consume = consume
         self._admin: Any = None
         self._producer: Any = None
+        self._producer_failing_since: float | None = None  # monotonic time of the first failure in a row
+        self.producers_replaced = 0
         self._consumer: Any = None
         self._connecting = threading.Lock()  # the producer is made once, by whichever thread needs it first
         self._consumer_turn = trio.CapacityLimiter(1)  # KafkaConsumer is not thread-safe
@@ -505,6 +511,11 @@ class KafkaQueue:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=MAX_POLL_RECORDS,
+            # a consumer that died (kill -9) gives its partitions to the others within this, not after
+            # kafka-python's default 45 s (its bookings must be decided within API.md's 30 s)
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_MS,
+            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
         )
         # Know the topic's partitions before joining the group: an assignment made while the metadata
         # lacks them gives this consumer nothing until the next metadata refresh (minutes).
@@ -526,12 +537,37 @@ class KafkaQueue:
             raise KafkaTimeoutError(f"no kafka producer within {self._produce_timeout:g}s")
         # A send blocks (max_block_ms) only while the topic's metadata is unknown; the first one that
         # gives up raises, so the whole loop stays within about the deadline.
-        futures = [producer.send(m.topic, value=m.value, key=m.key, headers=m.headers) for m in messages]
-        # They go out after LINGER_MS; records the broker does not acknowledge expire by the producer's
-        # delivery timeout (the same deadline). Wait for these records only (a flush would wait for other
-        # threads' later records too, one timeout per record batch), until the deadline and no longer.
-        for future in futures:
-            future.get(timeout=max(deadline - time.monotonic(), 0.0) + EXPIRY_SLACK_S)
+        try:
+            futures = [producer.send(m.topic, value=m.value, key=m.key, headers=m.headers) for m in messages]
+            # They go out after LINGER_MS; records the broker does not acknowledge expire by the producer's
+            # delivery timeout (the same deadline). Wait for these records only (a flush would wait for
+            # other threads' later records too, one timeout per record batch), until the deadline.
+            for future in futures:
+                future.get(timeout=max(deadline - time.monotonic(), 0.0) + EXPIRY_SLACK_S)
+        except (KafkaError, OSError):
+            self._producer_failed(producer)
+            raise
+        self._producer_failing_since = None
+
+    def _producer_failed(self, producer: Any) -> None:
+        """(thread) A produce failed. One that keeps failing for RECYCLE_AFTER_S is replaced by a new
+        producer: after a broker's kill -9 and restart, kafka-python's idempotent producer can stay
+        wedged on its old producer id and metadata, while a fresh one bootstraps and works at once."""
+        now = time.monotonic()
+        since = self._producer_failing_since
+        if since is None:
+            self._producer_failing_since = now
+            return
+        if now - since < RECYCLE_AFTER_S:
+            return
+        with self._connecting:
+            if self._producer is not producer:
+                return  # another thread replaced it already
+            self._producer = None
+            self._producer_failing_since = None
+        log.warning("kafka producer failing for %.1fs: replacing it", now - since)
+        self.producers_replaced += 1
+        _close_client(producer, 0)  # its records failed already (their callers heard Unavailable)
 
     def _poll(self, max_items: int) -> list[Booking]:
         """(consumer thread) Poll once; track and decode what came. Poison goes to the dead-letter topic."""

@@ -128,9 +128,8 @@ class InProcessAdmission:
         await trio.lowlevel.checkpoint()
         settled = []
         for b in decided:
-            first = self.inventory.has_reservation(b.id)
-            if first:
-                self.inventory.settle(b.id, b.seat_ids if b.status is BookingStatus.HELD else ())
+            held = b.seat_ids if b.status is BookingStatus.HELD else ()
+            first = self.inventory.settle(b.id, held, event_id=b.event_id, user_id=b.user_id)
             self._queued.discard(b.id)
             settled.append(first)
         return settled

@@ -164,7 +164,7 @@ class RedisAdmission:
         if not decided:
             return []
         settled = [
-            {"booking_id": b.id, "event_id": b.event_id,
+            {"booking_id": b.id, "event_id": b.event_id, "user_id": b.user_id,
              "held": list(b.seat_ids) if b.status is BookingStatus.HELD else []}
             for b in decided
         ]

@@ -7,10 +7,13 @@ store at start. The Redis adapter implements the same rules in one Lua script.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import BookingError, LimitExceeded, SeatUnavailable, SoldOut
+
+MAX_RELEASED = 100_000  # released bookings remembered against late settles
 
 
 @dataclass(slots=True)
@@ -39,6 +42,8 @@ class EdgeInventory:
     def __init__(self) -> None:
         self._events: dict[str, EventStock] = {}
         self._reservations: dict[str, Reservation] = {}
+        # bookings whose seats came back (newest last, bounded): a late settle must not count them again
+        self._released: OrderedDict[str, None] = OrderedDict()
 
     def add_event(self, event_id: str, *, available: int, max_per_user: int) -> None:
         self._events[event_id] = EventStock(remaining=available, max_per_user=max_per_user)
@@ -94,20 +99,41 @@ class EdgeInventory:
     def has_reservation(self, booking_id: str) -> bool:
         return booking_id in self._reservations
 
-    def settle(self, booking_id: str, held: Iterable[str]) -> None:
-        """The store decided: replace what was reserved for the booking by the seats it now holds."""
+    def settle(self, booking_id: str, held: Iterable[str], *, event_id: str | None = None,
+               user_id: str | None = None) -> bool:
+        """The store decided: replace what was reserved for the booking by the seats it now holds. True
+        when this changed anything.
+
+        Without a reservation the booking was settled before (a redelivery: its seats are counted as its
+        own already, nothing changes), or the edge was rebuilt while the booking was only in the queue:
+        then the seats it holds that the edge does not count as its own yet are counted now (given the
+        booking's `event_id` and `user_id`), so that a rebuilt edge learns what the store decided. A
+        booking released already (a settle that arrives after its cancel) is never counted again."""
         reservation = self._reservations.pop(booking_id, None)
-        if reservation is None:  # settled before (a redelivered decision): nothing left to change
-            return
+        if reservation is None:
+            return self._adopt(booking_id, tuple(held), event_id, user_id)
         held = tuple(held)
         stock = self._events.get(reservation.event_id)
         if stock is None:
-            return
+            return True
         stock.remaining += reservation.quantity - len(held)
         # a seat this booking named may meanwhile be held by another booking: only free our own
         self._untake(stock, reservation.seats, booking_id)
         stock.taken.update(dict.fromkeys(held, booking_id))
         self._add_user(stock, reservation.user_id, len(held) - reservation.quantity)
+        return True
+
+    def _adopt(self, booking_id: str, held: tuple[str, ...], event_id: str | None, user_id: str | None) -> bool:
+        stock = self._events.get(event_id) if event_id is not None else None
+        if stock is None or user_id is None or booking_id in self._released:
+            return False
+        new = [seat for seat in held if stock.taken.get(seat) != booking_id]
+        if not new:
+            return False
+        stock.remaining -= len(new)
+        stock.taken.update(dict.fromkeys(new, booking_id))
+        self._add_user(stock, user_id, len(new))
+        return True
 
     def release(self, booking_id: str, event_id: str, user_id: str, seats: Iterable[str]) -> tuple[str, ...]:
         """Seats of a held booking came back (cancelled or expired); returns the seats this call freed.
@@ -121,6 +147,9 @@ class EdgeInventory:
         if stock is None:
             return ()
         self.settle(booking_id, ())
+        self._released[booking_id] = None
+        while len(self._released) > MAX_RELEASED:
+            self._released.popitem(last=False)
         freed = self._untake(stock, seats, booking_id)
         stock.remaining += len(freed)
         self._add_user(stock, user_id, -len(freed))

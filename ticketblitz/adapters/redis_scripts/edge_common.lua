@@ -26,6 +26,12 @@ local function edge_key(event_id, part)
   return 'tb:{' .. event_id .. '}:' .. part
 end
 
+local RELEASED_TTL_S = 86400
+
+local function released_key(booking_id)
+  return 'tb:released:' .. booking_id
+end
+
 local function pending_key(booking_id)
   return 'tb:pending:' .. booking_id
 end
@@ -106,11 +112,31 @@ end
 
 -- EdgeInventory.settle: the store decided; the seats now held replace what was reserved.
 -- Returns false when the booking has no reservation (settled before: a redelivered decision).
-local function settle(event_id, booking_id, held)
+-- Without a reservation: settled before (a redelivery: nothing changes), or the edge was rebuilt while
+-- the booking was only in the queue; then the held seats not yet counted as its own are counted now
+-- (EdgeInventory._adopt), given the booking's user_id.
+local function settle(event_id, booking_id, held, user_id)
   local res = edge_key(event_id, 'res')
   local raw = redis.call('HGET', res, booking_id)
   if not raw then
-    return false
+    local stock = edge_key(event_id, 'stock')
+    if user_id == nil or redis.call('EXISTS', stock) == 0 or redis.call('EXISTS', released_key(booking_id)) == 1 then
+      return false
+    end
+    local taken = edge_key(event_id, 'taken')
+    local new = {}
+    for _, seat in ipairs(held) do
+      if redis.call('HGET', taken, seat) ~= booking_id then
+        new[#new + 1] = seat
+      end
+    end
+    if #new == 0 then
+      return false
+    end
+    redis.call('HINCRBY', stock, 'remaining', -#new)
+    take(event_id, new, booking_id)
+    add_user(event_id, user_id, #new)
+    return true
   end
   redis.call('HDEL', res, booking_id)
   local stock = edge_key(event_id, 'stock')
@@ -152,6 +178,8 @@ local function release(event_id, booking_id, user_id, seats)
     return {}
   end
   settle(event_id, booking_id, {})
+  -- a settle arriving after this release must not count the seats again (see settle)
+  redis.call('SET', released_key(booking_id), '1', 'EX', RELEASED_TTL_S)
   local freed = untake(event_id, seats, booking_id)
   if #freed > 0 then
     redis.call('HINCRBY', stock, 'remaining', #freed)

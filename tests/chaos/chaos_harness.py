@@ -335,6 +335,8 @@ class PrivateServices:
         """Stop everything this set started, by the PIDs it recorded; SIGKILL what does not stop."""
         if self._lock is None:
             return  # the set belongs to another session (or was never started): leave it alone
+        for pid in kill_remembered():  # servers/proxies still alive now leaked from a scenario: by PID
+            log(f"SIGKILL leftover process {pid}")
         self.record_pids()
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             self.run_sync("down", timeout=120, check=False)

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run seed test lint typecheck services services-down services-status bench fuzz clean
+.PHONY: install run seed test lint typecheck services services-down services-status bench fuzz chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: install  ## benchmark matrix: bench/results/<UTC date>-<commit>.md/.png/.
 	$(BIN)/pip install --quiet -e '.[bench]'
 	bash scripts/services.sh up
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+chaos: install  ## chaos suite, long mode: more requests, each fault 3x, on a private service set (.services/chaos)
+	TB_CHAOS_MODE=long $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/chaos $(CHAOS_ARGS)
 
 fuzz: install  ## the HTTP core's property tests, long: hypothesis (FUZZ_EXAMPLES per test), then atheris (FUZZ_SECONDS)
 	$(BIN)/pip install --quiet -e '.[fuzz]'

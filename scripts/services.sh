@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# scripts/services.sh up|down|status|env
+# scripts/services.sh up|down|status|env|pids
+# scripts/services.sh start|stop|kill SERVICE   (SERVICE: pg, redis or kafka)
+# scripts/services.sh restart-pg-immediate | sql PSQL-ARGS...
 #
 # Local PostgreSQL + Redis + Kafka for TicketBlitz development and tests.
 #
-#   up      install what is missing, start all three, wait until each answers
+#   up      install what is missing, start all three (those already running
+#           are left alone, so `up` also restarts whatever is down), wait until
+#           each answers
 #   down    stop what `up` started (by the PIDs it recorded), wait for exit
 #   status  print up/down per service; exit 0 only if all are up
 #   env     print `export TICKETBLITZ_...` lines: eval "$(scripts/services.sh env)"
+#   pids    print "SERVICE PID" for each service that runs (recorded PIDs)
+#   start SERVICE   `up` for that one service only
+#   stop SERVICE    `down` for that one service only
+#   kill SERVICE    SIGKILL by recorded PID (PostgreSQL: the postmaster and its
+#                   children), wait until gone; `start` or `up` brings it back
+#   restart-pg-immediate   `pg_ctl stop -m immediate` (crash recovery on the
+#                   next start), then start again and wait until it answers
+#   sql ARGS...     psql as the cluster superuser (e.g. sql -tAc 'SELECT 1')
 #
 # Everything (data, logs, pid files, Kafka jars) lives under <repo>/.services/
 # (git-ignored), the services listen on 127.0.0.1 only, on ports of their own
@@ -15,7 +27,20 @@
 #   TB_PG_PORT (55432)  TB_REDIS_PORT (56379)
 #   TB_KAFKA_PORT (59092)  TB_KAFKA_CONTROLLER_PORT (59093)
 #
-# Other knobs: TB_KAFKA_WAIT (120 s), TB_PG_USER (tbpg), TB_KAFKA_HEAP (-Xmx512m).
+# A second, independent set runs beside the default one with a directory and
+# ports of its own (what tests/chaos does), e.g.
+#
+#   TB_SERVICES_DIR=.services/chaos TB_PG_PORT=55532 TB_REDIS_PORT=56479 \
+#   TB_KAFKA_PORT=59192 TB_KAFKA_CONTROLLER_PORT=59193 scripts/services.sh up
+#
+# Every command then acts on that set only (its pid files, data and ports);
+# pass the same variables to each call.
+#
+# Other knobs: TB_KAFKA_WAIT (120 s), TB_PG_USER (tbpg), TB_KAFKA_HEAP (-Xmx512m),
+# TB_SERVICES_DIR (<repo>/.services; relative paths are relative to the repo),
+# TB_KAFKA_LIBS (<services dir>/kafka/libs: the broker's jar cache; another
+# set's complete cache can be shared), TB_PG_CONF_EXTRA (extra postgresql.conf
+# lines, e.g. "shared_preload_libraries = 'pg_stat_statements'").
 #
 # Sources: PostgreSQL and Redis from Debian packages; Kafka 4.x jars from Maven
 # Central via scripts/kafka/pom.xml (the Apache download site is unreachable
@@ -29,7 +54,17 @@ PATH="$PATH:/usr/sbin:/sbin"
 # from a fresh clone anywhere.
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd -P)"
-SERVICES_DIR="$REPO_ROOT/.services"
+DEFAULT_SERVICES_DIR="$REPO_ROOT/.services"
+SERVICES_DIR="${TB_SERVICES_DIR:-$DEFAULT_SERVICES_DIR}"
+[[ "$SERVICES_DIR" == /* ]] || SERVICES_DIR="$REPO_ROOT/$SERVICES_DIR"
+SERVICES_DIR="$(readlink -m "$SERVICES_DIR")"
+# What names this set in paths outside of it (/tmp sockets, /var/lib): the
+# repo for the default set (as always), the directory itself for another set.
+if [[ "$SERVICES_DIR" == "$(readlink -m "$DEFAULT_SERVICES_DIR")" ]]; then
+    SET_ID="$REPO_ROOT"
+else
+    SET_ID="$SERVICES_DIR"
+fi
 
 HOST=127.0.0.1
 PG_PORT="${TB_PG_PORT:-55432}"
@@ -46,10 +81,11 @@ DB_PASSWORD=ticketblitz
 # PostgreSQL refuses to run as root, so the private cluster belongs to this
 # system user (created on demand).
 PG_OS_USER="${TB_PG_USER:-tbpg}"
+PG_CONF_EXTRA="${TB_PG_CONF_EXTRA:-}"
 
 REDIS_DIR="$SERVICES_DIR/redis"
 KAFKA_DIR="$SERVICES_DIR/kafka"
-KAFKA_LIBS="$KAFKA_DIR/libs"
+KAFKA_LIBS="$(readlink -m "${TB_KAFKA_LIBS:-$KAFKA_DIR/libs}")"
 KAFKA_POM="$SCRIPT_DIR/kafka/pom.xml"
 
 # Topics the app needs: name:partitions
@@ -160,7 +196,7 @@ pg_socket_dir() {
     local dir
     dir="$(pg_home)/run"
     if ((${#dir} > 80)); then
-        dir="/tmp/tbpg-$(printf '%s' "$REPO_ROOT" | sha1sum | cut -c1-12)"
+        dir="/tmp/tbpg-$(printf '%s' "$SET_ID" | sha1sum | cut -c1-12)"
     fi
     echo "$dir"
 }
@@ -183,7 +219,7 @@ pg_prepare_home() {
             # cluster user. Rather than loosening permissions on it, keep the
             # cluster in a per-repo directory the user can reach, and leave a
             # symlink in .services/ so paths stay the same.
-            alt="/var/lib/ticketblitz-pg/$(printf '%s' "$REPO_ROOT" | sha1sum | cut -c1-12)"
+            alt="/var/lib/ticketblitz-pg/$(printf '%s' "$SET_ID" | sha1sum | cut -c1-12)"
             log "$PG_OS_USER cannot reach $link; keeping the cluster in $alt (symlinked)"
             mkdir -p "$alt"
             chown "$PG_OS_USER:" "$alt"
@@ -228,6 +264,7 @@ shared_buffers = 128MB
 fsync = on
 logging_collector = off
 log_min_messages = warning
+$PG_CONF_EXTRA
 EOF
     chown "$PG_OS_USER:" "$data/ticketblitz.conf"
     grep -q "^include_if_exists = 'ticketblitz.conf'" "$data/postgresql.conf" ||
@@ -307,6 +344,43 @@ pg_down() {
     wait_pid_gone "$pid" 30 || die "postgres pid $pid did not exit"
 }
 
+# SIGKILL the postmaster and its children (the backends would otherwise keep
+# the shared memory, and the next start would refuse until they noticed).
+pg_kill() {
+    local pid children
+    pid="$(read_pid "$(pg_data)/postmaster.pid")"
+    if ! pid_matches "$pid" postgres; then
+        log "postgres: not running"
+        return 0
+    fi
+    children="$(cat "/proc/$pid/task/$pid/children" 2>/dev/null || true)"
+    log "postgres: SIGKILL pid $pid and children $children"
+    # shellcheck disable=SC2086 # a list of pids
+    kill -KILL "$pid" $children 2>/dev/null || true
+    wait_pid_gone "$pid" 30 || die "postgres pid $pid did not exit"
+    local c
+    for c in $children; do wait_pid_gone "$c" 30 || die "postgres child $c did not exit"; done
+    # PostgreSQL's lock files (data dir, socket) name the dead postmaster, which
+    # counts as alive while it is an unreaped zombie: give its parent a moment
+    # to reap it, then drop the files, so that `start` starts.
+    local i
+    for ((i = 0; i < 25; i++)); do [[ -e "/proc/$pid" ]] || break; sleep 0.2; done
+    rm -f "$(pg_data)/postmaster.pid" "$(pg_socket_dir)/.s.PGSQL.$PG_PORT.lock"
+}
+
+# Crash-stop (no checkpoint, crash recovery on start), then start again.
+pg_restart_immediate() {
+    pg_is_running || die "postgres is not running"
+    local pid
+    pid="$(read_pid "$(pg_data)/postmaster.pid")"
+    log "postgres: stop -m immediate (pid $pid)"
+    as_pg "$(pg_bin_dir)/pg_ctl" -D "$(pg_data)" -m immediate -w -t 60 stop >/dev/null
+    wait_pid_gone "$pid" 30 || die "postgres pid $pid did not exit"
+    pg_up
+}
+
+pg_pid() { pg_is_running && read_pid "$(pg_data)/postmaster.pid"; }
+
 pg_status() {
     local pid
     pid="$(read_pid "$(pg_data)/postmaster.pid")"
@@ -363,6 +437,20 @@ redis_down() {
     rm -f "$REDIS_PIDFILE"
 }
 
+redis_kill() {
+    local pid
+    pid="$(read_pid "$REDIS_PIDFILE")"
+    if ! pid_matches "$pid" redis-server; then
+        log "redis: not running"
+        return 0
+    fi
+    log "redis: SIGKILL pid $pid"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_pid_gone "$pid" 30 || die "redis pid $pid did not exit"
+}
+
+redis_pid() { redis_is_running && read_pid "$REDIS_PIDFILE"; }
+
 redis_status() {
     if redis_is_running && redis_answers; then
         echo "redis:    up   (pid $(read_pid "$REDIS_PIDFILE"), $HOST:$REDIS_PORT)"
@@ -404,9 +492,9 @@ kafka_ensure_libs() {
     fi
     command -v mvn >/dev/null || apt_ensure maven
     log "kafka: fetching jars from Maven Central (first run only)"
-    local tmp="$KAFKA_DIR/libs.tmp" t0=$SECONDS
+    local tmp="$KAFKA_LIBS.tmp" t0=$SECONDS
     rm -rf "$tmp"
-    mkdir -p "$KAFKA_DIR"
+    mkdir -p "$KAFKA_DIR" "$(dirname "$KAFKA_LIBS")"
     # -f with an explicit outputDirectory: mvn writes nothing into scripts/.
     # Its output goes to a log, shown only if it fails.
     if ! mvn -B -Dstyle.color=never -f "$KAFKA_POM" dependency:copy-dependencies \
@@ -609,6 +697,20 @@ kafka_down() {
     rm -f "$KAFKA_PIDFILE"
 }
 
+kafka_kill() {
+    local pid
+    pid="$(read_pid "$KAFKA_PIDFILE")"
+    if ! pid_matches "$pid" "$KAFKA_MAIN"; then
+        log "kafka: not running"
+        return 0
+    fi
+    log "kafka: SIGKILL pid $pid"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_pid_gone "$pid" 30 || die "kafka pid $pid did not exit"
+}
+
+kafka_pid() { kafka_is_running && read_pid "$KAFKA_PIDFILE"; }
+
 kafka_status() {
     if kafka_is_running && [[ -d "$KAFKA_LIBS" ]] && kafka_answers; then
         echo "kafka:    up   (pid $(read_pid "$KAFKA_PIDFILE"), $HOST:$KAFKA_PORT)"
@@ -651,19 +753,52 @@ cmd_status() {
     return $rc
 }
 
+cmd_pids() {
+    local name pid
+    for name in pg redis kafka; do
+        if pid="$("${name}_pid")" && [[ -n "$pid" ]]; then echo "$name $pid"; fi
+    done
+    return 0
+}
+
 usage() {
-    echo "usage: $0 up|down|status|env" >&2
+    echo "usage: $0 up|down|status|env|pids|restart-pg-immediate" >&2
+    echo "       $0 start|stop|kill pg|redis|kafka" >&2
+    echo "       $0 sql PSQL-ARGS..." >&2
     exit 2
 }
 
-main() {
-    (($# == 1)) || usage
+# The function prefix of a service name.
+service_fn() {
     case "$1" in
+    pg | postgres) echo pg ;;
+    redis) echo redis ;;
+    kafka) echo kafka ;;
+    *) usage ;;
+    esac
+}
+
+main() {
+    (($# >= 1)) || usage
+    local cmd="$1"
+    shift
+    case "$cmd" in
+    up | down | status | env | pids | restart-pg-immediate) (($# == 0)) || usage ;;
+    start | stop | kill) (($# == 1)) || usage ;;
+    sql) ;;
+    *) usage ;;
+    esac
+    case "$cmd" in
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    *) usage ;;
+    pids) cmd_pids ;;
+    start) mkdir -p "$SERVICES_DIR" && "$(service_fn "$1")_up" ;;
+    stop) "$(service_fn "$1")_down" ;;
+    kill) "$(service_fn "$1")_kill" ;;
+    restart-pg-immediate) pg_restart_immediate ;;
+    sql) pg_sql "$@" ;;
     esac
 }
 

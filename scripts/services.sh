@@ -105,6 +105,19 @@ tail_log() {
     fi
 }
 
+# SIGKILL the recorded pid of service $1 (pid file $2) if it is alive and its command line contains $3.
+sigkill_recorded() {
+    local name="$1" pid
+    pid="$(read_pid "$2")"
+    if ! pid_matches "$pid" "$3"; then
+        log "$name: not running"
+        return 0
+    fi
+    log "$name: SIGKILL pid $pid"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_pid_gone "$pid" 30 || die "$name pid $pid did not exit"
+}
+
 # True if the pid is alive AND its command line contains $2. Guards against a
 # stale pid file whose number was reused by an unrelated process.
 pid_matches() {
@@ -437,17 +450,7 @@ redis_down() {
     rm -f "$REDIS_PIDFILE"
 }
 
-redis_kill() {
-    local pid
-    pid="$(read_pid "$REDIS_PIDFILE")"
-    if ! pid_matches "$pid" redis-server; then
-        log "redis: not running"
-        return 0
-    fi
-    log "redis: SIGKILL pid $pid"
-    kill -KILL "$pid" 2>/dev/null || true
-    wait_pid_gone "$pid" 30 || die "redis pid $pid did not exit"
-}
+redis_kill() { sigkill_recorded redis "$REDIS_PIDFILE" redis-server; }
 
 redis_pid() { redis_is_running && read_pid "$REDIS_PIDFILE"; }
 
@@ -697,17 +700,7 @@ kafka_down() {
     rm -f "$KAFKA_PIDFILE"
 }
 
-kafka_kill() {
-    local pid
-    pid="$(read_pid "$KAFKA_PIDFILE")"
-    if ! pid_matches "$pid" "$KAFKA_MAIN"; then
-        log "kafka: not running"
-        return 0
-    fi
-    log "kafka: SIGKILL pid $pid"
-    kill -KILL "$pid" 2>/dev/null || true
-    wait_pid_gone "$pid" 30 || die "kafka pid $pid did not exit"
-}
+kafka_kill() { sigkill_recorded kafka "$KAFKA_PIDFILE" "$KAFKA_MAIN"; }
 
 kafka_pid() { kafka_is_running && read_pid "$KAFKA_PIDFILE"; }
 

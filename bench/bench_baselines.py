@@ -178,13 +178,14 @@ def redis_admission(urls: dict[str, str], requests_by_batch: dict[int, int], cli
             client.hset(stock, mapping={"remaining": ADMIT_STOCK, "max_per_user": 4})
             payload = orjson.dumps([_admit_request(i) for i in range(batch)]).decode()
             cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", port, "--dbnum", str(REDIS_DB), "-n", str(requests),
-                   "-c", str(clients), "-r", "1000000000", "--csv", "EVALSHA", sha, "0", payload, "86400"]
+                   "-c", str(clients), "-r", "1000000000", "--csv", "EVALSHA", sha, "0", payload, "86400",
+                   repr(time.time())]  # ARGV: requests, pending-record TTL, time of admission
             log(f"baseline redis admission: {requests} EVALSHA calls of {batch} request(s)")
             label = f"baseline redis-benchmark batch {batch}"
             # a 256-request payload is ~100 KB: the report shows the first request and the count
             first = orjson.dumps([_admit_request(0)]).decode()
-            COMMANDS.add(label, cmd if batch == 1 else [*cmd[:-2], f"{first[:-1]}, ... ({batch} such requests)]",
-                                                         cmd[-1]])
+            COMMANDS.add(label, cmd if batch == 1 else [*cmd[:-3], f"{first[:-1]}, ... ({batch} such requests)]",
+                                                         *cmd[-2:]])
             done = run(label, cmd, timeout=300, record=False)
             row = _csv_row(done.stdout)
             admitted = ADMIT_STOCK - int(client.hget(stock, "remaining") or 0)

@@ -136,10 +136,6 @@ class BookingService:
     async def events(self) -> list[Event]:
         return await self.store.list_events()
 
-    async def seats(self, event_id: str) -> list[Seat]:
-        await self.catalog.known(event_id)
-        return await self.store.seats(event_id)
-
     async def seat_map(self, event_id: str, form: str = "api") -> bytes:
         """The seat map document as JSON bytes (form "api" or "compat"), at most one build stale."""
         document = await self.seat_maps.document(event_id, form)

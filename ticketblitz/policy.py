@@ -3,8 +3,6 @@ security headers of pages, and reading a bearer credential. Plain functions, no 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from .domain.errors import BookingError
 
 JSON_TYPE = "application/json"
@@ -68,13 +66,12 @@ def cors_headers(allowed: frozenset[str], origin: str | None, *, preflight: bool
     return headers
 
 
-def bearer(headers: Mapping[str, str]) -> str | None:
-    """The credential of `Authorization: Bearer <credential>`; "" for an Authorization header of another
-    form (present, but no usable credential); None when there is no Authorization header."""
-    value = headers.get("authorization")
-    if value is None:
+def bearer(authorization: str | None) -> str | None:
+    """The credential of an `Authorization: Bearer <credential>` header value; "" for an Authorization
+    header of another form (present, but no usable credential); None when there is no header."""
+    if authorization is None:
         return None
-    scheme, _, credential = value.strip().partition(" ")
+    scheme, _, credential = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
         return ""
     return credential.strip()

@@ -169,8 +169,7 @@ def create_app(service: BookingService) -> QuartTrio:
 
     def credential() -> str | None:
         """The bearer credential of the request (None: no Authorization header)."""
-        return bearer({"authorization": request.headers["Authorization"]} if "Authorization" in request.headers
-                      else {})
+        return bearer(request.headers.get("Authorization"))
 
     def require_admin() -> None:
         token = credential()

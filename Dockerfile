@@ -8,10 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY ticketblitz ./ticketblitz
-RUN pip install .
 COPY static ./static
+# not editable: the page (static/) is installed as package data, so the image serves it from site-packages
+RUN pip install . && rm -rf /app/ticketblitz /app/static /app/build
 
 RUN useradd --system --uid 10001 --home-dir /app ticketblitz \
     && mkdir -p /data && chown ticketblitz /data
@@ -19,8 +20,7 @@ USER ticketblitz
 
 ENV TICKETBLITZ_HOST=0.0.0.0 \
     TICKETBLITZ_PORT=8000 \
-    TICKETBLITZ_DATA_DIR=/data \
-    TICKETBLITZ_STATIC_DIR=/app/static
+    TICKETBLITZ_DATA_DIR=/data
 VOLUME ["/data"]
 EXPOSE 8000
 

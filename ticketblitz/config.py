@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -18,6 +19,12 @@ _SECRETS = {"admin_token", "database_url", "redis_url", "secret_key"}
 
 
 def _default_static_dir() -> str:
+    """The visualizer's files: the package `ticketblitz.static`, which is the checkout's top-level `static/`
+    (mapped by setup.py, so an editable install finds the checkout's folder and `pip install .` its copy
+    in site-packages); a checkout that was never installed falls back to `../static`."""
+    spec = importlib.util.find_spec("ticketblitz.static")
+    if spec is not None and spec.submodule_search_locations:
+        return str(Path(next(iter(spec.submodule_search_locations))).resolve())
     return str(Path(__file__).resolve().parent.parent / "static")
 
 

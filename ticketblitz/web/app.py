@@ -23,7 +23,7 @@ from quart_schema import (
     tag,
 )
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from .. import intake
 from ..domain.errors import BookingError, Forbidden, SoldOut, Unauthorized
@@ -66,6 +66,8 @@ from .openapi import BOOKING_OWNER, TicketBlitzOpenAPI, problems, quart_security
 log = logging.getLogger("ticketblitz.web")
 
 PROBLEM_TYPE = "application/problem+json"
+DOCS_UI = Path(__file__).resolve().parent / "docs_ui"  # the /docs page and its assets (package data)
+DOCS_ASSETS = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "docs.js"})
 
 DESCRIPTION = """TicketBlitz sells a fixed stock of seats to a crowd that arrives all at once, without selling
 a seat twice and without losing an accepted request.
@@ -111,6 +113,7 @@ def create_app(service: BookingService) -> QuartTrio:
         app,
         info={"title": "TicketBlitz", "version": "1.1", "description": DESCRIPTION},
         security_schemes=quart_security_schemes(),
+        swagger_ui_path=None,  # /docs is served below from the vendored copy (docs_ui/), not from a CDN
         redoc_ui_path=None,
         scalar_ui_path=None,
         openapi_provider_class=TicketBlitzOpenAPI,
@@ -135,7 +138,7 @@ def create_app(service: BookingService) -> QuartTrio:
         started = getattr(g, "started", None)
         if started is not None:
             telemetry.record_request(response.status_code, time.perf_counter() - started)
-        page = request.path == "/" or request.path.startswith("/static/")
+        page = request.path in ("/", "/docs") or request.path.startswith(("/static/", "/docs/"))
         for name, value in (PAGE_HEADERS if page else API_HEADERS).items():
             response.headers.setdefault(name, value)
         for name, value in cors_headers(settings.cors_origin_set, request.headers.get("Origin"),
@@ -378,6 +381,19 @@ def create_app(service: BookingService) -> QuartTrio:
     @hide
     async def index() -> Response:
         return await send_from_directory(str(static_dir), "index.html")
+
+    @app.get("/docs")
+    @hide
+    async def docs() -> Response:
+        """The API explorer: Swagger UI, vendored (docs_ui/README.md), on /openapi.json."""
+        return await send_from_directory(DOCS_UI, "index.html")
+
+    @app.get("/docs/<name>")
+    @hide
+    async def docs_asset(name: str) -> Response:
+        if name not in DOCS_ASSETS:
+            raise NotFound()
+        return await send_from_directory(DOCS_UI, name)
 
     @app.websocket("/ws")
     async def ws() -> Response | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "TICKETBLITZ_"
+_LOG_LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}
 _SECRETS = {"admin_token", "database_url", "redis_url", "secret_key"}
 
 
@@ -35,6 +36,7 @@ class Settings:
     port: int = 8000  # port of the one public listener
     data_dir: str = "./data"  # embedded store lives here (ticketblitz.db)
     demo: bool = False  # create the demo event "The Eras Tour" at start if missing
+    demo_seats: int = 10_000  # seats of the demo event when it is created: 1..100, or a multiple of 100 (rows of 100)
     static_dir: str = field(default_factory=_default_static_dir)  # the visualizer's files
     admin_token: str = ""  # bearer token of organizer routes; generated and printed once when empty
     secret_key: str = ""  # key deriving booking secrets of Idempotency-Key requests; empty = one kept in the store
@@ -110,6 +112,11 @@ class Settings:
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port: {self.port} is not a TCP port")
+        if not (1 <= self.demo_seats <= 100 or (self.demo_seats % 100 == 0 and self.demo_seats <= 1_000_000)):
+            raise ValueError(f"demo_seats: {self.demo_seats} seats: the demo event has rows of 100, so use 1..100 "
+                             "or a multiple of 100 up to 1000000")
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise ValueError(f"log_level: {self.log_level!r} is not one of {', '.join(sorted(_LOG_LEVELS)).lower()}")
         if self.workers < 1:
             raise ValueError("workers: must be at least 1")
         if self.workers > 1 and not self.distributed:

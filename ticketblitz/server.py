@@ -69,21 +69,23 @@ def build_service(settings: Settings, clock: Callable[[], float] | None = None) 
     return BookingService(settings, store, queue, locks, admission, Telemetry(clock), clock)
 
 
-def demo_event(now: float) -> Event:
-    """The original's demo event: "The Eras Tour", 10,000 seats (section A, 100 rows x 100 seats), so that
-    `seatNumber` 1..10000 maps to A-1-1 … A-100-100 in order."""
+def demo_event(now: float, seats: int = 10_000) -> Event:
+    """The original's demo event: "The Eras Tour", 10,000 seats by default (section A, 100 rows x 100 seats),
+    so that `seatNumber` 1..10000 maps to A-1-1 … A-100-100 in order. `seats` (`demo_seats`): rows of 100,
+    or one row when 100 or fewer."""
+    rows, per_row = (seats // 100, 100) if seats > 100 else (1, seats)
     return Event(
         id=DEMO_EVENT_ID, name="The Eras Tour", venue="Demo Stadium", starts_at="2027-06-01T19:00:00Z",
-        sections=(Section("A", 100, 100, 12_000),), max_per_user=4, hold_seconds=600, created_at=now,
+        sections=(Section("A", rows, per_row, 12_000),), max_per_user=4, hold_seconds=600, created_at=now,
     )
 
 
 async def seed_demo(service: BookingService) -> tuple[Event, bool]:
-    """Create the demo event unless it exists; (event, created)."""
+    """Create the demo event (of `demo_seats` seats) unless it exists; (event, created)."""
     existing = await service.store.get_event(DEMO_EVENT_ID)
     if existing is not None:
         return existing, False
-    return await service.create_event(demo_event(service.clock())), True
+    return await service.create_event(demo_event(service.clock(), service.settings.demo_seats)), True
 
 
 def bind_listener(settings: Settings) -> socket.socket:
@@ -202,8 +204,9 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-async def serve_until_signalled(settings: Settings) -> None:
-    """`ticketblitz serve`: SIGINT/SIGTERM stop intake and drain; a second signal stops at once."""
+async def serve_until_signalled(settings: Settings, ready: Callable[[Running], None] | None = None) -> None:
+    """`ticketblitz serve`: SIGINT/SIGTERM stop intake and drain; a second signal stops at once. `ready` is
+    called once the public port listens."""
     tune_gc()
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -219,5 +222,8 @@ async def serve_until_signalled(settings: Settings) -> None:
                     stop.set()
 
         nursery.start_soon(watch_signals)
-        await serve(settings, stop=stop)
+        async with trio.open_nursery() as serving:
+            running = await serving.start(partial(serve, settings, stop=stop))
+            if ready is not None:
+                ready(running)
         nursery.cancel_scope.cancel()

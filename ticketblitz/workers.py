@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 import trio
 
@@ -31,12 +32,15 @@ def worker_env(settings: Settings, fd: int) -> dict[str, str]:
     return env
 
 
-async def supervise(settings: Settings) -> int:
-    """Run the workers until SIGINT/SIGTERM, then pass the signal on and wait; 0 when all exit 0."""
+async def supervise(settings: Settings, ready: Callable[[str], None] | None = None) -> int:
+    """Run the workers until SIGINT/SIGTERM, then pass the signal on and wait; 0 when all exit 0. `ready`
+    is called with the public URL once the port listens."""
     sock = bind_listener(settings)
     sock.set_inheritable(True)
     host, port = sock.getsockname()[:2]
     log.info("supervisor: %d workers on http://%s:%d", settings.workers, host, port)
+    if ready is not None:
+        ready(f"http://{f'[{host}]' if ':' in host else host}:{port}")
     env = worker_env(settings, sock.fileno())
     stopping = trio.Event()
     codes: dict[int, int] = {}

@@ -5,13 +5,16 @@ credentials each operation takes, the booking's secret, `/metrics` as text."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
+import httpx
 import pytest
-from openapi_spec_validator import OpenAPIV31SpecValidator
+import trio
+from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from ticketblitz.config import Settings
-from ticketblitz.server import build_service
+from ticketblitz.server import Running, build_service, serve
 from ticketblitz.web import create_app
 
 PROBLEM = "application/problem+json"
@@ -55,7 +58,46 @@ def resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
 async def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
     errors = [str(e).splitlines()[0] for e in OpenAPIV31SpecValidator(document).iter_errors()]
     assert errors == []
+    validate(document)  # the version it declares, detected (raises on the first error)
     assert document["openapi"] == "3.1.0" and document["info"]["version"] == "1.1"
+
+
+async def test_the_served_document_is_the_validated_one(document: dict[str, Any], tmp_path: Any,
+                                                        nursery: trio.Nursery) -> None:
+    """What a client downloads from a real server (through the door) is this document."""
+    settings = Settings(port=0, data_dir=str(tmp_path / "served"), admin_token="t")
+    running: Running = await nursery.start(partial(serve, settings))
+    async with httpx.AsyncClient(base_url=running.url) as client:
+        answer = await client.get("/openapi.json")
+    running.stop.set()
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    assert answer.json() == document
+
+
+def empty_members(node: Any, where: str = "") -> list[str]:
+    """Members that are "", [] or {}, except the lists that mean something empty (security requirements
+    without scopes, operations without parameters) and `const: ""` (a value that is allowed)."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{where}/{key}"
+            if value in ("", [], {}) and not ("/security[" in here or key == "parameters" or key == "const"):
+                found.append(here)
+            found += empty_members(value, here)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += empty_members(value, f"{where}[{index}]")
+    return found
+
+
+async def test_nothing_is_left_empty(document: dict[str, Any]) -> None:
+    assert empty_members(document) == []
+    for method, path, op in operations(document):
+        assert op["responses"], (method, path)
+        assert any(status.startswith("2") for status in op["responses"]), (method, path)
+        assert op.get("summary"), (method, path)
+        for status, response in op["responses"].items():
+            assert response.get("description") and response.get("content"), (method, path, status)
 
 
 async def test_operation_ids_are_unique(document: dict[str, Any]) -> None:

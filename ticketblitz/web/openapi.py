@@ -128,6 +128,8 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
             scheme["description"] = SECURITY_SCHEMES[name]["description"]
     for path, path_item in document["paths"].items():
         for method, operation in path_item.items():
+            if not operation.get("description"):
+                operation.pop("description", None)  # quart-schema writes "" when the docstring has one line
             text = TEXT_RESPONSES.get((path, method))
             if text is not None:
                 operation["responses"].setdefault("200", {}).update(

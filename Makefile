@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install TicketBlitz with its dev tools
 
-run: install  ## serve the embedded default (SQLite under ./data) with the demo event on :8000
+run: install  ## serve the embedded default (SQLite under ./data) with the demo event on :8000; prints the page URL and the admin token (TICKETBLITZ_ADMIN_TOKEN=dev make run chooses it)
 	$(BIN)/ticketblitz serve --demo
 
 seed: install

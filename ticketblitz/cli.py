@@ -1,4 +1,4 @@
-"""`ticketblitz serve` and `ticketblitz seed`."""
+"""`ticketblitz serve`, `ticketblitz seed` and `ticketblitz flash-sale` (in `ticketblitz.loadgen`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 import trio
 
+from . import loadgen
 from .config import Settings
 from .server import build_service, seed_demo, serve_until_signalled
 from .workers import supervise
@@ -24,11 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="server processes (distributed mode only)")
     seed = sub.add_parser("seed", help='create the demo event "The Eras Tour" (10,000 seats) if missing')
     seed.add_argument("--data-dir", dest="data_dir", help="embedded data folder (default ./data)")
+    loadgen.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "flash-sale":  # a client of a server: no server settings
+        return loadgen.run(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:

@@ -1,4 +1,4 @@
-"""`ticketblitz serve` and `ticketblitz seed`."""
+"""`ticketblitz serve`, `ticketblitz seed` and `ticketblitz flash-sale` (in `ticketblitz.loadgen`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from . import __version__
+from . import __version__, loadgen
 from .config import ENV_PREFIX, Settings
 from .server import build_service, seed_demo, serve_until_signalled
 from .workers import supervise
@@ -45,11 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     _flag(seed, "--data-dir", "embedded data folder, holding ticketblitz.db")
     _flag(seed, "--seats", "seats of the demo event: 1..100 or a multiple of 100", "demo_seats", type=int,
           metavar="N")
+    loadgen.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "flash-sale":  # a client of a server: no server settings
+        return loadgen.run(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
     try:

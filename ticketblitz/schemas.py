@@ -312,3 +312,56 @@ def parse_wait(value: str | None) -> float:
     if not 0 <= wait <= 30:
         raise InvalidRequest("wait: must be between 0 and 30 seconds", field="wait")
     return wait
+
+
+# ---------------------------------------------------------------------- the visualizer's flash-sale button
+
+FlashSaleRoute = Literal["bookings", "book-async", "book-secure", "book-naive"]
+
+
+class FlashSaleIn(BaseModel):
+    """Body of POST /api/admin/flash-sale: how many fans, for how many seats, through which route."""
+
+    model_config = _STRICT
+    users: int = Field(default=10_000, ge=1, le=20_000, description="fans, one connection and one request each")
+    seats: int = Field(default=1_000, ge=1, le=MAX_SEATS_PER_EVENT,
+                       description="seats of the sale's fresh event (one section; a prime above 1000 is refused)")
+    route: FlashSaleRoute = Field(default="bookings", description="bookings = POST /api/events/{id}/bookings; "
+                                  "the others are the original's routes")
+
+    @model_validator(mode="after")
+    def _seats_fit_one_section(self) -> FlashSaleIn:
+        from .loadgen.scenario import seat_layout
+
+        seat_layout(self.seats)  # ValueError "seats: ..." -> 422 naming the field
+        return self
+
+
+class FlashSaleOut(BaseModel):
+    """202 of POST /api/admin/flash-sale: the sale's event is created; `loadgen` frames on /ws follow."""
+
+    event_id: str
+    users: int
+    seats: int
+    route: FlashSaleRoute
+    state: Literal["started"]
+
+
+class FlashSaleStateOut(BaseModel):
+    """The last flash sale's state: the members of its last `loadgen` frame, and whether it still runs."""
+
+    state: Literal["idle", "started", "progress", "finished", "failed"]
+    running: bool
+    event_id: str | None = None
+    users: int | None = None
+    seats: int | None = None
+    route: FlashSaleRoute | None = None
+    sent: int | None = None
+    answered: int | None = None
+    by_code: dict[str, int] | None = Field(default=None, description="answers by HTTP status")
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    decided: int | None = Field(default=None, description="bookings no longer pending")
+    pending: int | None = None
+    oversold: int | None = None
+    error: str | None = None

@@ -176,11 +176,13 @@ async def serve(
                         host, port = public.getsockname()[:2]
                         urls = [f"http://{host}:{port}"]
                         door = IntakeDoor(service, upstream)
+                        app.config["TICKETBLITZ_URL"] = urls[0]  # where the flash-sale button's child connects
                         await http.start(partial(hypercorn.trio.serve, app, config, shutdown_trigger=shutdown_trigger))
                         await http.start(door.serve, public)
                     else:
                         urls = await http.start(
                             partial(hypercorn.trio.serve, app, config, shutdown_trigger=shutdown_trigger))
+                        app.config["TICKETBLITZ_URL"] = urls[0]
                     log.info("serving on %s%s", ", ".join(urls), " (intake door)" if door else "")
                     task_status.started(Running(urls, service, stop))
             drained = await service.drain(settings.shutdown_grace if settings.consumers else 0.0)

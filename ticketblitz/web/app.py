@@ -49,6 +49,9 @@ from ..schemas import (
     EventIn,
     EventOut,
     EventsOut,
+    FlashSaleIn,
+    FlashSaleOut,
+    FlashSaleStateOut,
     IdempotencyHeaders,
     NewBookingOut,
     ReadyOut,
@@ -61,6 +64,7 @@ from ..schemas import (
 )
 from ..service import BookingService
 from ..telemetry import Subscriber
+from .flash_sale import FlashSaleRunner, FlashSaleRunning
 from .openapi import BOOKING_OWNER, TicketBlitzOpenAPI, problems, quart_security_schemes
 
 log = logging.getLogger("ticketblitz.web")
@@ -88,6 +92,9 @@ a seat twice and without losing an accepted request.
 * Unknown fields in the bodies of `/api/...` routes are refused (`422`); the original's compat routes
   ignore them.
 * A method a path does not serve answers `405` with code `invalid_request`; an unknown path `404`.
+* `POST /api/admin/flash-sale` (admin) runs the built-in load generator against this server, as the
+  visualizer's flash-sale button does: one run at a time per process (`409 flash_sale_running`), at most
+  120 s; its progress arrives as `loadgen` frames on `/ws`.
 """
 
 
@@ -376,6 +383,54 @@ def create_app(service: BookingService) -> QuartTrio:
                   "long_polls": float(service.waiters.active),
                   "followups_pending": float(service.followups.pending())}
         return Response(telemetry.metrics_text(gauges), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # ------------------------------------------------------------------ the flash-sale button
+    flash_sales = FlashSaleRunner(service)
+    app.extensions["flash_sales"] = flash_sales
+
+    @app.after_serving
+    async def _stop_flash_sale() -> None:
+        flash_sales.stop()  # the serving nursery (app.nursery) then waits for its child to be terminated
+
+    @app.post("/api/admin/flash-sale")
+    @tag(["operations"])
+    @security_scheme([{"admin": []}])
+    @document_request(FlashSaleIn)
+    @document_response(FlashSaleOut, 202)
+    @problems(400, 401, 403, 409, 413, 415, 422, 503)
+    async def start_flash_sale() -> Response:
+        """Start a flash sale against this server (admin): a fresh event of `seats` seats, then `users` fans
+        at once through `route`, by the built-in load generator (`ticketblitz flash-sale`). `409
+        flash_sale_running` while one runs; progress as `loadgen` frames on /ws, the last state at GET."""
+        require_admin()
+        spec = await body_of(FlashSaleIn)
+        if flash_sales.running:
+            return problem_response(409, "flash_sale_running", "Flash sale running",
+                                    "a flash sale is running on this server; wait for its `finished` frame")
+        if not service.accepting:
+            return problem_response(503, "unavailable", "Service unavailable", "the server is shutting down",
+                                    headers={"Retry-After": "5"})
+        try:
+            url = flash_sales.target_url(app.config.get("TICKETBLITZ_URL"))
+        except RuntimeError as exc:
+            return problem_response(503, "unavailable", "Service unavailable", str(exc))
+        try:
+            body = await flash_sales.start(app.nursery, url, spec.users, spec.seats, spec.route)
+        except FlashSaleRunning:
+            return problem_response(409, "flash_sale_running", "Flash sale running",
+                                    "a flash sale is running on this server; wait for its `finished` frame")
+        return json_response(body, 202, {"Location": "/api/admin/flash-sale"})
+
+    @app.get("/api/admin/flash-sale")
+    @tag(["operations"])
+    @security_scheme([{"admin": []}])
+    @document_response(FlashSaleStateOut)
+    @problems(401, 403, 503)
+    async def flash_sale_state() -> Response:
+        """The last flash sale's state (admin): its last `loadgen` frame's members and `running`, so that a
+        page opened mid-run can catch up; `{"state": "idle"}` before the first."""
+        require_admin()
+        return json_response(flash_sales.snapshot())
 
     @app.get("/")
     @hide

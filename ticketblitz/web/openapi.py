@@ -30,7 +30,7 @@ CODES_BY_STATUS: dict[int, tuple[str, ...]] = {
     403: ("forbidden",),
     404: ("not_found",),
     405: ("invalid_request",),
-    409: ("sold_out", "seat_unavailable", "limit_exceeded", "invalid_transition"),
+    409: ("sold_out", "seat_unavailable", "limit_exceeded", "invalid_transition", "flash_sale_running"),
     413: ("payload_too_large",),
     415: ("unsupported_media_type",),
     422: ("invalid_request", "idempotency_conflict"),

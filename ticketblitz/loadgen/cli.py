@@ -1,0 +1,280 @@
+"""`ticketblitz flash-sale`: the load generator from the terminal (a live bar and a summary table), for
+programs (`--json`), and for the server's flash-sale button (`--json-progress`, one JSON line per step)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import trio
+
+from .burst import Tally
+from .client import ALLOWED_HOST, ProtocolError, parse_target
+from .report import (
+    FD_MARGIN,
+    Report,
+    RunOptions,
+    frame_members,
+    judge,
+    raise_fd_limit,
+    report_json,
+    run_flash_sale,
+    time_to_all_decided,
+)
+from .scenario import MAX_CLIENTS, MAX_SEATS, ROUTES, Scenario, SetupError, seat_layout
+
+PROG = "ticketblitz flash-sale"
+# what a run may fail with (the server gone, a deadline, an answer that is not HTTP), besides SetupError
+RUN_ERRORS = (SetupError, OSError, RuntimeError, ProtocolError, trio.TooSlowError)
+TOKEN_ENV = "TICKETBLITZ_ADMIN_TOKEN"
+PROGRESS_EVERY = 0.5  # seconds between --json-progress lines
+BAR_EVERY = 0.1  # seconds between redraws of the live bar
+POLL_CONCURRENCY = 200
+
+DESCRIPTION = f"""Run a flash sale against a TicketBlitz server on this machine: create a fresh event of
+--seats seats, open one TCP connection per fan (--users), release every fan at the same moment (one
+booking request each), wait until every accepted booking is decided, then read the event back and verify
+API.md's invariants (counts agree with the seat map and the bookings; oversold = 0).
+
+Only http://{ALLOWED_HOST}:PORT (or localhost) is accepted: a load generator that could be aimed at any
+host would be a denial-of-service tool, so this one can only load the machine it runs on. It is bounded
+too: at most {MAX_CLIENTS:,} fans, and every phase has a deadline."""
+
+EPILOG = """exit status: 0 when the verification passed (and no socket failed, unless --allow-socket-errors),
+1 when it did not, 2 when the run could not start (bad flags, no or a wrong admin token, no server).
+
+examples:
+  TICKETBLITZ_ADMIN_TOKEN=dev ticketblitz flash-sale --users 10000 --seats 1000
+  ticketblitz flash-sale --users 300 --seats 50 --route book-secure --json"""
+
+
+def _bounded(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text}: must be between {low:g} and {high:g}")
+        return value
+
+    return parse
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `flash-sale` to the `ticketblitz` command's subparsers."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "flash-sale", help="run a bounded flash sale against a server on this machine and verify it",
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=_bounded(int, 1, MAX_CLIENTS), default=10_000,
+                   help=f"fans, each on its own connection with one request (1..{MAX_CLIENTS}, default 10000; "
+                        "no environment variable)")
+    p.add_argument("--seats", type=_bounded(int, 1, MAX_SEATS), default=1_000,
+                   help="seats of the fresh event, one section of rows x seats_per_row (each <= 1000) holding "
+                        "exactly this many, so a prime above 1000 is refused (default 1000; no environment variable)")
+    p.add_argument("--route", choices=ROUTES, default="bookings",
+                   help="bookings = POST /api/events/{id}/bookings, one best-available seat each; book-async / "
+                        "book-secure / book-naive = the original's routes, fan i asking for seatNumber i mod "
+                        "seats + 1 (default bookings; no environment variable)")
+    p.add_argument("--url", default=f"http://{ALLOWED_HOST}:8000",
+                   help=f"the server: http://{ALLOWED_HOST}:PORT or http://localhost:PORT only, any other host is "
+                        f"refused (default http://{ALLOWED_HOST}:8000; no environment variable)")
+    p.add_argument("--admin-token", default=None,
+                   help=f"the server's admin token, to create the event and read the bookings (default: env "
+                        f"{TOKEN_ENV})")
+    p.add_argument("--event-id", default=None,
+                   help="use this existing event instead of creating one; it must have exactly --seats seats, "
+                        "all available (no environment variable)")
+    p.add_argument("--connect-timeout", type=_bounded(float, 0.1, 60), default=10.0,
+                   help="seconds for all connections to be up before the release (default 10)")
+    p.add_argument("--timeout", type=_bounded(float, 0.1, 600), default=60.0,
+                   help="seconds from the release for every answer (default 60)")
+    p.add_argument("--decide-timeout", type=_bounded(float, 1, 600), default=60.0,
+                   help="seconds after the burst for every accepted booking to be decided (default 60)")
+    p.add_argument("--allow-socket-errors", action="store_true",
+                   help="exit 0 despite socket errors (refused, reset, timeouts) when the verification passed")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print one JSON report on stdout instead of the table")
+    out.add_argument("--json-progress", action="store_true",
+                     help='print JSON lines on stdout: {"state": "started" | "progress" | "finished" | "failed", '
+                          "...} with the members of the telemetry `loadgen` frame (what the server relays)")
+    return p
+
+
+# ---------------------------------------------------------------------- JSON lines
+
+
+def _line(state: str, **members: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps({"state": state, **members}) + b"\n")
+    sys.stdout.flush()
+
+
+def tally_members(tally: Tally, options: RunOptions) -> dict[str, Any]:
+    """The `loadgen` frame's members while a run is under way."""
+    return {"event_id": tally.event_id, "users": options.scenario.clients, "seats": options.scenario.seats,
+            "route": options.scenario.route, "sent": tally.sent, "answered": tally.answered,
+            "by_code": dict(sorted(tally.by_code.items())), "p50_ms": tally.percentile_ms(50),
+            "p99_ms": tally.percentile_ms(99), "decided": tally.decided, "pending": tally.pending}
+
+
+def failure_text(report: Report) -> str:
+    failed = [f"{c.name}: {c.detail}" for c in report.verification.checks if not c.ok]
+    return "; ".join(report.exit_reasons + failed)
+
+
+async def _json_progress(tally: Tally, options: RunOptions) -> None:
+    last: dict[str, Any] | None = None
+    while True:
+        await trio.sleep(PROGRESS_EVERY)
+        members = tally_members(tally, options)
+        if tally.event_id is not None and members != last:
+            _line("progress", **members)
+            last = members
+
+
+# ---------------------------------------------------------------------- the terminal
+
+
+async def _live_bar(tally: Tally, options: RunOptions) -> None:
+    """A rich progress display on stderr, redrawn by this task (no refresh thread)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    users = options.scenario.clients
+    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[note]}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), auto_refresh=False) as bar:
+        connected = bar.add_task("connected", total=users, note="")
+        answered = bar.add_task("answered", total=users, note="")
+        decided = bar.add_task("decided", total=None, note="")
+        try:
+            while True:
+                p50, p99 = tally.percentile_ms(50), tally.percentile_ms(99)
+                bar.update(connected, completed=tally.connected, note=tally.phase)
+                bar.update(answered, completed=tally.answered,
+                           note=f"p50 {p50} ms, p99 {p99} ms" if p50 is not None else "")
+                bar.update(decided, completed=tally.decided, total=tally.accepted,
+                           note=f"{tally.pending} pending" if tally.pending is not None else "")
+                bar.refresh()
+                await trio.sleep(BAR_EVERY)
+        finally:
+            bar.update(connected, completed=tally.connected, note="")
+            bar.update(decided, completed=tally.decided, total=tally.accepted, note="")
+            bar.refresh()
+
+
+def summary_table(report: Report) -> Any:
+    """The summary as a rich Table."""
+    from rich.table import Table
+
+    b, v = report.burst, report.verification
+    lat = b.latency_ms
+    decided = time_to_all_decided(report)
+    table = Table(title=f"TicketBlitz flash sale: {b.clients:,} fans, {report.seats:,} seats, route {report.route}",
+                  show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    codes = ", ".join(f"{code}: {n:,}" for code, n in b.statuses.items()) or "none"
+    table.add_row("event", report.event_id)
+    table.add_row("answers by code", codes)
+    if b.problem_codes:
+        table.add_row("problem codes", ", ".join(f"{code}: {n:,}" for code, n in b.problem_codes.items()))
+    if b.socket_errors:
+        table.add_row("socket errors", ", ".join(f"{kind}: {n:,}" for kind, n in b.socket_errors.items()))
+    table.add_row("latency", f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms")
+    table.add_row("burst", f"{b.answered:,} answered in {b.burst_seconds:.2f} s ({b.requests_per_second:,.0f} req/s)")
+    table.add_row("time to all decided", f"{decided:.2f} s after the release" if decided is not None
+                  else f"NOT all: {v.still_pending} still pending")
+    table.add_row("bookings", f"{v.accepted:,} accepted, {v.held:,} held ({v.held_seats:,} seats of {report.seats:,}), "
+                  f"{sum(v.rejected.values()):,} rejected after queueing")
+    table.add_row("event counts", ", ".join(f"{k} {n:,}" for k, n in v.counts.items()))
+    table.add_row("oversold", f"{v.oversold} ({'verified' if v.ok else 'VERIFICATION FAILED'})")
+    for check in v.checks:
+        if not check.ok:
+            table.add_row("FAILED", f"{check.name}: {check.detail}")
+    table.add_row("result", "PASS" if report.passed else "FAIL: " + "; ".join(report.exit_reasons))
+    return table
+
+
+# ---------------------------------------------------------------------- running
+
+
+async def _main(options: RunOptions, mode: str) -> Report:
+    tally = Tally(users=options.scenario.clients)
+
+    def started(event: dict[str, Any]) -> None:
+        if mode == "json-progress":
+            _line("started", **tally_members(tally, options))
+
+    failure: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        if mode == "json-progress":
+            nursery.start_soon(_json_progress, tally, options)
+        elif mode == "bar":
+            nursery.start_soon(_live_bar, tally, options)
+        try:
+            report = await run_flash_sale(options, tally, started)
+        except RUN_ERRORS as exc:  # raised after the nursery, so that it is not wrapped in a group
+            failure = exc
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return report
+
+
+def _fail(message: str, mode: str, options: RunOptions | None = None) -> int:
+    if mode == "json-progress":
+        scenario = options.scenario if options else None
+        _line("failed", event_id=options.event_id if options else None,
+              users=scenario.clients if scenario else None, seats=scenario.seats if scenario else None,
+              route=scenario.route if scenario else None, error=message)
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """`ticketblitz flash-sale`: 0 verified, 1 not, 2 could not run."""
+    mode = "json-progress" if args.json_progress else "json" if args.json else (
+        "bar" if sys.stderr.isatty() else "notes")
+    token = args.admin_token or os.environ.get(TOKEN_ENV, "")
+    scenario = Scenario("flash", args.route, args.users, args.seats, 1)
+    options = RunOptions(url=args.url, admin_token=token, scenario=scenario, event_id=args.event_id,
+                         connect_timeout=args.connect_timeout, answer_timeout=args.timeout,
+                         decide_timeout=args.decide_timeout, poll_concurrency=POLL_CONCURRENCY,
+                         log=(lambda text: print(text, file=sys.stderr, flush=True)) if mode == "notes" else None)
+    try:
+        parse_target(args.url)
+        seat_layout(args.seats)
+        if not token:
+            raise ValueError(f"no admin token: pass --admin-token or set {TOKEN_ENV} (the server prints "
+                             "its token at start unless it was given one)")
+        raise_fd_limit(args.users + POLL_CONCURRENCY + FD_MARGIN)
+    except ValueError as exc:
+        return _fail(str(exc), mode, options)
+    try:
+        report = trio.run(_main, options, mode)
+    except SetupError as exc:
+        return _fail(str(exc), mode, options)
+    except ConnectionRefusedError:
+        return _fail(f"nothing answers at {args.url} (start the server with `ticketblitz serve`)", mode, options)
+    except RUN_ERRORS as exc:
+        return _fail(f"could not run against {args.url}: {exc!r}", mode, options)
+    judge(report, args.allow_socket_errors)
+    if mode == "json-progress":
+        members = frame_members(report)
+        if report.passed:
+            _line("finished", **members)
+        else:
+            _line("failed", **members, error=failure_text(report))
+    elif mode == "json":
+        sys.stdout.buffer.write(orjson.dumps(report_json(report), option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+    else:
+        from rich.console import Console
+
+        Console().print(summary_table(report))
+    return 0 if report.passed else 1

@@ -203,7 +203,7 @@ export class SeatMap {
       this.dirty = false;
     }
     const w = this.canvas.clientWidth, h = this.canvas.clientHeight;
-    if (s < 5) {
+    if (s < 3.5) {
       ctx.imageSmoothingEnabled = s < 1;
       ctx.drawImage(this.bitmap, this.ox, this.oy, this.worldW * s, this.worldH * s);
     } else {

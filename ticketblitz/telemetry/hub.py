@@ -380,6 +380,7 @@ class Telemetry:
         self._remote_stats = {p: v for p, v in self._remote_stats.items() if now - v[1] <= STATS_FRESH_S}
         self._listen_check()
         cluster = sum_stats([own, *fresh_stats(self._remote_stats, now)])
+        cluster["process"] = self.process  # the one that summed them
         self.last_stats = cluster
         if self.relay is not None:
             self.relay.send_stats(own)

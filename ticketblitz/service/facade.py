@@ -106,8 +106,6 @@ class BookingService:
             await self.locks.close()
             await self.queue.close()
             await self.store.close()
-            if self.telemetry.relay is not None:
-                await self.telemetry.relay.aclose()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The parts' tasks for the serving lifetime, each started (and stopped) with this nursery."""

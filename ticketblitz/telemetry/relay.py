@@ -79,10 +79,15 @@ class RedisRelay:
 
     # ------------------------------------------------------------------ the tasks
     async def run(self, hub: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._publish_loop, name="telemetry-relay-publish")
-            nursery.start_soon(self._listen, hub.receive, name="telemetry-relay-listen")
-            task_status.started()
+        """Publish and listen until cancelled; the connections close once both threads have returned."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._publish_loop, name="telemetry-relay-publish")
+                nursery.start_soon(self._listen, hub.receive, name="telemetry-relay-listen")
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._close)
 
     async def _publish_loop(self) -> None:
         down = False
@@ -175,6 +180,10 @@ class RedisRelay:
                 except (redis.RedisError, OSError):
                     pass
 
-    async def aclose(self) -> None:
-        await trio.to_thread.run_sync(self._publisher.close)
-        await trio.to_thread.run_sync(self._listener.close)
+    def _close(self) -> None:
+        """(thread) Close both clients' connections."""
+        for client in (self._publisher, self._listener):
+            try:
+                client.close()
+            except (redis.RedisError, OSError):
+                pass

@@ -163,6 +163,16 @@ class Telemetry:
         reported subscribers within the last 3 s. Kept as an attribute: the booking path reads it often."""
         self.listening = bool(self.subscribers) or any(f.get("subscribers") for f, _ in self._remote_stats.values())
 
+    def _room(self) -> bool:
+        """A frame would be sent: someone listens and the tick is not full (else it is only counted, and
+        the caller builds nothing)."""
+        if not self.listening:
+            return False
+        if len(self._tick) >= self.max_frames_per_tick:
+            self.frames_dropped += 1
+            return False
+        return True
+
     def record_request(self, status: int, seconds: float, route: str = "other") -> None:
         """An HTTP answer: its route template (e.g. `POST /api/events/{id}/bookings`), code and latency."""
         self._answers.append((route, status, seconds))
@@ -185,7 +195,7 @@ class Telemetry:
         """A booking's status changed (or it was created pending)."""
         status = str(booking.status)
         self.bookings[status] += 1
-        if self.listening:
+        if self._room():
             self.publish("booking", event_id=booking.event_id, id=booking.id, status=status,
                          reason=booking.reason, user_id=booking.user_id, seat_ids=list(booking.seat_ids))
 
@@ -202,12 +212,12 @@ class Telemetry:
     def admission(self, verdict: str, event_id: str, count: int, booking_id: str | None = None) -> None:
         """The edge's verdict on one booking request of `count` seats."""
         self.admissions[verdict] += 1
-        if self.listening:
+        if self._room():
             self.publish("admission", event_id=event_id, verdict=verdict, count=count, booking_id=booking_id)
 
     def lock(self, action: str, event_id: str, seats: Iterable[str], owner: str, fence: int | None = None) -> None:
         self.locks[action] += 1
-        if self.listening:
+        if self._room():
             self.publish("lock", action=action, event_id=event_id, seats=list(seats), fence=fence, owner=owner)
 
     def queued(self, action: str, count: int, partition: int | None = None, offset: int | None = None,
@@ -215,7 +225,7 @@ class Telemetry:
         if count <= 0:
             return
         self.queue[action] += count
-        if self.listening:
+        if self._room():
             self.publish("queue", action=action, count=count, partition=partition, offset=offset,
                          lag=self.queue_depth(), **data)
 
@@ -224,14 +234,14 @@ class Telemetry:
         if not booking_ids:
             return
         self.store[(action, op)] += len(booking_ids)
-        if self.listening:
+        if self._room():
             extra: dict[str, Any] = {"booking_id": booking_ids[0]} if len(booking_ids) == 1 else {
                 "booking_ids": booking_ids}
             self.publish("store", action=action, op=op, event_id=event_id, count=len(booking_ids), **extra)
 
     def hold_expired(self, booking: Any) -> None:
         self.holds_expired += 1
-        if self.listening:
+        if self._room():
             self.publish("hold", action="expired", event_id=booking.event_id, seats=list(booking.seat_ids),
                          booking_id=booking.id)
 

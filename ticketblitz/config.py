@@ -72,6 +72,9 @@ class Settings:
     intake_limit: int = 16_384  # booking requests waiting for intake per process; beyond it 429 at once
     max_long_polls: int = 2_000  # concurrent `?wait=` long-polls per process; beyond it 429
     max_ws_subscribers: int = 500  # /ws subscribers per process; beyond it the handshake gets 503
+    ws_subscriber_buffer: int = 64  # messages (one per tick) waiting per /ws subscriber; beyond it dropped, counted
+    telemetry_tick: float = 0.1  # seconds between two flushes of telemetry frames to /ws subscribers
+    max_frames_per_tick: int = 200  # non-seat telemetry frames per tick; more are dropped (and counted)
     seat_map_max_age: float = 0.5  # seconds a cached seat map may serve changes made by other processes
     produce_timeout: float = 2.0  # seconds a Kafka produce may take before intake answers 503
     log_level: str = "info"
@@ -138,14 +141,17 @@ class Settings:
         if not 64 <= self.max_target_bytes < self.max_head_bytes:
             raise ValueError("max_target_bytes: must be at least 64 and less than max_head_bytes")
         for name in ("store_timeout", "lock_timeout", "sweep_interval", "shutdown_grace", "max_wait",
-                     "seat_map_max_age", "produce_timeout", "header_timeout", "body_timeout", "idle_timeout"):
+                     "seat_map_max_age", "produce_timeout", "header_timeout", "body_timeout", "idle_timeout",
+                     "telemetry_tick"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}: must be a positive, finite number of seconds")
         for name in ("queue_limit", "intake_batch", "consumer_batch", "lock_ttl_ms", "intake_limit", "max_long_polls",
-                     "max_ws_subscribers"):
+                     "max_ws_subscribers", "ws_subscriber_buffer", "max_frames_per_tick"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
+        if not 0.01 <= self.telemetry_tick <= 1.0:
+            raise ValueError("telemetry_tick: must be between 0.01 and 1 second")
         if self.consumers < 0:
             raise ValueError("consumers: must be 0 (intake only) or more")
 

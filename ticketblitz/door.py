@@ -58,6 +58,7 @@ UPSTREAM_SEND_SECONDS = 10.0  # for handing a request (≤ head + body limits) t
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
 
 Route = tuple[Callable[..., Awaitable[intake.Answer]], tuple[str, ...]]
+BOOKINGS_TEMPLATE = "POST /api/events/{id}/bookings"  # the route's name in telemetry and /metrics
 
 
 def _route(method: str, path: str) -> Route | None:
@@ -176,7 +177,7 @@ class IntakeDoor:
             pass
         finally:
             self.busy_answers -= 1
-            self.service.telemetry.record_request(503, 0.0)
+            self.service.telemetry.record_request(503, 0.0, "(over the connection cap)")
             await trio.aclose_forcefully(stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
@@ -294,7 +295,7 @@ class _Connection:
         return True
 
     async def _refuse(self, refusal: Refusal) -> None:
-        self.door.service.telemetry.record_request(refusal.status, 0.0)
+        self.door.service.telemetry.record_request(refusal.status, 0.0, "(refused)")
         try:
             await self.stream.send_all(_problem_bytes(refusal.status, refusal.detail, refusal.headers))
             await _linger(self.stream, LINGER_SECONDS)
@@ -310,14 +311,15 @@ class _Connection:
             clock = time.perf_counter()
             handler, params = route
             answer = await intake.answer(handler, door.service, intake.Call(request.headers, body), *params)
-            door.service.telemetry.record_request(answer.status, time.perf_counter() - clock)
+            door.service.telemetry.record_request(answer.status, time.perf_counter() - clock,
+                                                  BOOKINGS_TEMPLATE if params else "POST " + request.path)
             keep_alive = keep_alive and not door.closing.is_set()
             await self.stream.send_all(serialize(answer.status, answer.content_type, answer.headers,
                                                  orjson.dumps(answer.body), keep_alive=keep_alive,
                                                  http10=request.version == "1.0"))
             return keep_alive
         if request.form is TargetForm.ASTERISK:  # OPTIONS *: what the server as a whole allows
-            door.service.telemetry.record_request(204, 0.0)
+            door.service.telemetry.record_request(204, 0.0, "OPTIONS *")
             await self.stream.send_all(ASTERISK_ANSWER if keep_alive else
                                        ASTERISK_ANSWER[:-2] + b"connection: close\r\n\r\n")
             return keep_alive

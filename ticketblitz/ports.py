@@ -138,6 +138,10 @@ class BookingQueue(Protocol):
     # True when `enqueue` is the store's own insert (embedded): a failed enqueue wrote nothing. False
     # (Kafka): a failed produce may still have been written, so the caller must settle the doubt.
     durable_in_store: bool
+    # (partition, offset) of the last message produced / taken, where the queue knows them (telemetry;
+    # the in-process queue has no partitions and counts its line's positions since start as offsets)
+    produced_at: tuple[int | None, int | None]
+    consumed_at: tuple[int | None, int | None]
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

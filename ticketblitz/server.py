@@ -66,7 +66,13 @@ def build_service(settings: Settings, clock: Callable[[], float] | None = None) 
         locks = InProcessLocks()
         admission = InProcessAdmission()
     clock = clock or time.time
-    return BookingService(settings, store, queue, locks, admission, Telemetry(clock), clock)
+    relay = None
+    if settings.redis_url:
+        from .telemetry.relay import RedisRelay
+
+        relay = RedisRelay(settings.redis_url, timeout=settings.lock_timeout)
+    telemetry = Telemetry.from_settings(settings, clock, relay)
+    return BookingService(settings, store, queue, locks, admission, telemetry, clock)
 
 
 def demo_event(now: float, seats: int = 10_000) -> Event:

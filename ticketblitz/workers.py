@@ -7,22 +7,29 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 from collections.abc import Callable
 
 import trio
 
 from .config import ENV_PREFIX, Settings
 from .server import bind_listener
+from .telemetry.metrics import MULTIPROC_ENV, mark_process_dead
 
 log = logging.getLogger("ticketblitz.workers")
 RESTART_DELAY = 1.0
 
 
-def worker_env(settings: Settings, fd: int) -> dict[str, str]:
-    """The environment of a worker: every setting of the supervisor (flags included), one process each."""
+def worker_env(settings: Settings, fd: int, metrics_dir: str | None = None) -> dict[str, str]:
+    """The environment of a worker: every setting of the supervisor (flags included), one process each;
+    with `metrics_dir`, prometheus_client's multiprocess mode in that directory (shared by the workers)."""
     env = dict(os.environ)
+    if metrics_dir is not None:
+        env[MULTIPROC_ENV] = metrics_dir
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
         env[ENV_PREFIX + f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
@@ -41,14 +48,25 @@ async def supervise(settings: Settings, ready: Callable[[str], None] | None = No
     log.info("supervisor: %d workers on http://%s:%d", settings.workers, host, port)
     if ready is not None:
         ready(f"http://{f'[{host}]' if ':' in host else host}:{port}")
-    env = worker_env(settings, sock.fileno())
+    # /metrics of any worker answers for all of them: prometheus_client's multiprocess mode, in a private
+    # directory that is fresh for this run and removed after it
+    metrics_dir = tempfile.mkdtemp(prefix="ticketblitz-metrics-")
+    try:
+        return await _supervise(settings, sock, worker_env(settings, sock.fileno(), metrics_dir), metrics_dir)
+    finally:
+        sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+async def _supervise(settings: Settings, sock: socket.socket, env: dict[str, str], metrics_dir: str) -> int:
+    fileno = sock.fileno()
     stopping = trio.Event()
     codes: dict[int, int] = {}
 
     async def run_worker(index: int) -> None:
         while True:
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "ticketblitz", "serve"], env=env, pass_fds=(sock.fileno(),))
+                [sys.executable, "-m", "ticketblitz", "serve"], env=env, pass_fds=(fileno,))
             log.info("worker %d started (pid %d)", index, proc.pid)
             async with trio.open_nursery() as watch:
 
@@ -59,6 +77,7 @@ async def supervise(settings: Settings, ready: Callable[[str], None] | None = No
                 watch.start_soon(forward, proc)
                 code = await proc.wait()
                 watch.cancel_scope.cancel()
+            mark_process_dead(proc.pid, metrics_dir)  # its live gauges no longer count
             if stopping.is_set():
                 codes[index] = code
                 log.info("worker %d (pid %d) exited %d", index, proc.pid, code)
@@ -79,5 +98,4 @@ async def supervise(settings: Settings, ready: Callable[[str], None] | None = No
             for i in range(settings.workers):
                 workers.start_soon(run_worker, i)
         nursery.cancel_scope.cancel()
-    sock.close()
     return 0 if all(c == 0 for c in codes.values()) else 1

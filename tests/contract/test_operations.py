@@ -35,8 +35,8 @@ async def test_metrics_are_prometheus_text(harness: Harness) -> None:
     assert r.headers["content-type"].startswith("text/plain")
     text = r.text
     assert '# TYPE ticketblitz_http_requests_total counter' in text
-    assert 'ticketblitz_http_requests_total{code="202"} 1' in text
-    assert 'ticketblitz_http_request_seconds_bucket{le="+Inf"}' in text
+    assert 'ticketblitz_http_requests_total{code="202",route="POST /api/events/{id}/bookings"} 1.0' in text
+    assert 'ticketblitz_http_request_duration_seconds_bucket{le="+Inf",route="POST /api/events/{id}/bookings"}' in text
     assert "ticketblitz_queue_depth" in text
 
 
@@ -81,8 +81,9 @@ async def test_ws_sends_snapshot_then_booking_and_stats_frames(harness: Harness)
         seen: dict[str, dict] = {}
         with trio.fail_after(10):
             while not {"booking", "seat", "stats", "queue"} <= set(seen):
-                frame = json.loads(await ws.get_message())
-                seen.setdefault(frame["type"], frame)
+                message = json.loads(await ws.get_message())
+                for frame in message["frames"] if message["type"] == "batch" else [message]:
+                    seen.setdefault(frame["type"], frame)
         assert seen["booking"]["id"] == r.json()["id"]
         assert seen["seat"]["event_id"] == event["id"]
         assert {"requests_per_s", "latency_ms", "queue_lag", "holds_expired"} <= set(seen["stats"])

@@ -112,10 +112,12 @@ async def test_repeats_and_compat_routes_carry_the_secret(harness: Harness) -> N
 
 
 async def _frames_until(ws: object, kinds: set[str], seconds: float = 10) -> list[dict]:
+    """The frames received until every kind was seen (a tick's `batch` message unwrapped)."""
     frames: list[dict] = []
     with trio.fail_after(seconds):
         while not kinds <= {f["type"] for f in frames}:
-            frames.append(json.loads(await ws.get_message()))  # type: ignore[attr-defined]
+            message = json.loads(await ws.get_message())  # type: ignore[attr-defined]
+            frames.extend(message["frames"] if message["type"] == "batch" else [message])
     return frames
 
 

@@ -19,6 +19,7 @@ import redis
 URL_ENV = "TICKETBLITZ_REDIS_URL"
 LOCKS_DB = 3  # tests/integration/test_redis_locks.py
 ADMISSION_DB = 4  # tests/integration/test_redis_admission.py
+TELEMETRY_DB = 5  # tests/integration/test_telemetry_relay.py (pub/sub channel tb:telemetry:5)
 
 
 def redis_test_url(db: int) -> str:

@@ -88,3 +88,53 @@ async def test_two_workers_5000_fans_for_500_seats_and_300_for_one_seat(tmp_path
         assert code == 0, log.read_text()[-3000:]
         text = log.read_text()
         assert text.count("exited 0") == 2, text[-3000:]
+
+
+async def test_two_workers_report_as_one_in_metrics_and_telemetry(tmp_path: Path) -> None:
+    """`--workers 2`: /metrics of either worker counts both (prometheus_client's multiprocess mode, in the
+    supervisor's private directory, removed at exit), and /ws stats are summed over both processes."""
+    import json
+
+    from prometheus_client.parser import text_string_to_metric_families
+    from trio_websocket import open_websocket_url
+
+    with scratch_services() as services:
+        port = free_port()
+        log = tmp_path / "workers.log"
+        proc = await start_workers(services, port, log)
+        base = f"http://127.0.0.1:{port}"
+        route = (("code", "202"), ("route", "POST /api/events/{id}/bookings"))
+        try:
+            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                r = await client.post("/api/events", headers=admin, json={
+                    "name": "Metrics night", "sections": [{"name": "A", "rows": 5, "seats_per_row": 10,
+                                                          "price_cents": 100}], "max_per_user": 4, "hold_seconds": 600})
+                assert r.status_code == 201, r.text
+                event_id = r.json()["id"]
+            for i in range(40):  # a connection each: the kernel spreads them over the workers
+                async with httpx.AsyncClient(base_url=base, timeout=30) as one:
+                    r = await one.post(f"/api/events/{event_id}/bookings", json={"user_id": f"u{i}", "quantity": 1})
+                    assert r.status_code == 202, r.text
+            samples: dict[Any, float] = {}
+            with trio.fail_after(20):
+                while samples.get(("ticketblitz_http_requests_total", route)) != 40 \
+                        or samples.get(("ticketblitz_accepting", ())) != 2:
+                    await trio.sleep(0.2)
+                    async with httpx.AsyncClient(base_url=base, timeout=30) as one:
+                        text = (await one.get("/metrics")).text
+                    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                               for f in text_string_to_metric_families(text) for s in f.samples}
+            assert samples[("ticketblitz_queue_messages_total", (("action", "produced"),))] == 40
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/ws") as ws:
+                with trio.fail_after(20):
+                    while True:
+                        frame = json.loads(await ws.get_message())
+                        if frame["type"] == "stats" and frame["processes"] == 2 \
+                                and frame["totals"]["requests"].get("202", 0) >= 40:
+                            break
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(60):
+                code = await proc.wait()
+        assert code == 0, log.read_text()[-3000:]

@@ -23,7 +23,8 @@ import httpx
 ADMIN_TOKEN = "schema-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SERVICE_VARS = ("TICKETBLITZ_DATABASE_URL", "TICKETBLITZ_REDIS_URL", "TICKETBLITZ_KAFKA_BOOTSTRAP")
-METRIC_LINE = re.compile(r'^ticketblitz_http_requests_total\{code="(\d+)"\} (\d+(?:\.\d+)?)$', re.MULTILINE)
+METRIC_LINE = re.compile(r'^ticketblitz_http_requests_total\{code="(\d+)",route="[^"]*"\} (\d+(?:\.\d+)?)$',
+                         re.MULTILINE)
 
 
 def free_port() -> int:
@@ -100,7 +101,10 @@ class ServerProcess:
     def answers_by_code(self) -> Counter[int]:
         """The server's own count of its HTTP answers, by status (from /metrics)."""
         text = httpx.get(self.url + "/metrics", timeout=10).text
-        return Counter({int(code): int(float(n)) for code, n in METRIC_LINE.findall(text)})
+        answers: Counter[int] = Counter()
+        for code, n in METRIC_LINE.findall(text):  # one line per (route, code)
+            answers[int(code)] += int(float(n))
+        return answers
 
 
 def seed_world(url: str) -> World:

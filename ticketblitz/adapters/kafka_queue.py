@@ -293,6 +293,10 @@ class KafkaQueue:
         self._consumer_turn = trio.CapacityLimiter(1)  # KafkaConsumer is not thread-safe
         self._deliveries = Deliveries()
         self.produced = 0
+        # (partition, offset) of the last message the broker acknowledged / the last one polled (telemetry;
+        # written by the producing and consuming threads, read by Trio: a tuple is replaced whole)
+        self.produced_at: tuple[int | None, int | None] = (None, None)
+        self.consumed_at: tuple[int | None, int | None] = (None, None)
         self.requeued = 0
         self.consumed = 0
         self.dead_lettered = 0
@@ -542,8 +546,11 @@ class KafkaQueue:
             # They go out after LINGER_MS; records the broker does not acknowledge expire by the producer's
             # delivery timeout (the same deadline). Wait for these records only (a flush would wait for
             # other threads' later records too, one timeout per record batch), until the deadline.
+            metadata = None
             for future in futures:
-                future.get(timeout=max(deadline - time.monotonic(), 0.0) + EXPIRY_SLACK_S)
+                metadata = future.get(timeout=max(deadline - time.monotonic(), 0.0) + EXPIRY_SLACK_S)
+            if metadata is not None:
+                self.produced_at = (metadata.partition, metadata.offset)
         except (KafkaError, OSError):
             self._producer_failed(producer)
             raise
@@ -581,6 +588,7 @@ class KafkaQueue:
                 booking = self._decode(tp, record)
                 if booking is not None:
                     taken.append(booking)
+                    self.consumed_at = (tp.partition, record.offset)
         self._pay_dead_letters()
         return taken
 

@@ -36,6 +36,9 @@ class InProcessQueue:
         self.consumed = 0
         self.requeued = 0
         self.dead_lettered = 0
+        self._taken = 0
+        self.produced_at: tuple[int | None, int | None] = (None, None)
+        self.consumed_at: tuple[int | None, int | None] = (None, None)
 
     async def open(self) -> None:
         recovered = await self._store.pending_bookings(limit=10_000_000)
@@ -63,6 +66,8 @@ class InProcessQueue:
             if existing is None:
                 self._line_up(booking)
                 self.produced += 1
+        if self.produced:
+            self.produced_at = (None, self.produced - 1)
         self._lot.unpark_all()
         return results
 
@@ -94,6 +99,8 @@ class InProcessQueue:
                 self._in_flight[booking.id] = booking
                 batch.append(booking)
             if batch:
+                self._taken += len(batch)
+                self.consumed_at = (None, self._taken - 1)
                 return batch
 
     async def ack(self, bookings: Sequence[Booking]) -> None:

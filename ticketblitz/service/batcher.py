@@ -22,7 +22,7 @@ from ..domain import rules
 from ..domain.errors import BookingError, IdempotencyConflict, RateLimited, Unavailable
 from ..domain.model import Booking, BookingRequest, BookingStatus, new_booking_id
 from ..ports import Admission, AdmitItem, BookingQueue, Store
-from ..telemetry import Telemetry
+from ..telemetry import Telemetry, verdict_of
 from .catalog import EventCatalog
 from .followups import EdgeFollowUps
 from .keys import SecretIssuer
@@ -195,6 +195,8 @@ class IntakeBatcher:
             results = await self.admission.admit(
                 [AdmitItem(b, force=t.request.admission == "queue") for t, b, _ in candidates])
         except Unavailable as exc:
+            for b in bookings:
+                self.telemetry.admission("unavailable", b.event_id, b.quantity, b.id)
             # the script may have run and only its answer been lost: undo whatever it did
             await self.followups.abandon(bookings)
             for t, _, _ in candidates:
@@ -202,6 +204,8 @@ class IntakeBatcher:
             return
         accepted: list[tuple[_Ticket, Booking, str]] = []
         for (t, b, secret), result in zip(candidates, results, strict=True):
+            self.telemetry.admission("repeat" if result.repeat_of is not None else verdict_of(result.error),
+                                     b.event_id, b.quantity, b.id)
             if result.repeat_of is not None:
                 await self._answer_repeat(t, result.repeat_of, result.repeat_fingerprint)
             elif result.error is not None:
@@ -231,7 +235,8 @@ class IntakeBatcher:
                 produced += 1
                 t.succeed(Accepted(b, True, secret))
                 self.telemetry.booking(b)
-        self.telemetry.queued("produced", produced)
+        partition, offset = self.queue.produced_at
+        self.telemetry.queued("produced", produced, partition, offset)
 
     async def _enqueue_failed(self, accepted: list[tuple[_Ticket, Booking, str]], exc: Unavailable) -> None:
         """The queue refused: nothing was accepted. Embedded, nothing was written; Kafka, a produce may

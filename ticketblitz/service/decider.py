@@ -62,7 +62,8 @@ class Decider:
     async def _consume(self, consumer: str) -> None:
         while True:
             batch = await self.queue.take_batch(self.settings.consumer_batch)
-            self.telemetry.queued("consumed", len(batch), consumer=consumer)
+            partition, offset = self.queue.consumed_at
+            self.telemetry.queued("consumed", len(batch), partition, offset, consumer=consumer)
             try:
                 await self.decide_batch(batch, consumer)
             except Unavailable as exc:  # a backend outage is never the bookings' fault
@@ -114,7 +115,9 @@ class Decider:
             fenced = [b for b in ready if b.id in stale]
             later.extend(fenced)
             for b in fenced:
-                self.telemetry.lock("fenced", b.event_id, b.requested_seats, "store")
+                fence = max((fences.get((b.event_id, s), 0) for s in b.requested_seats), default=None)
+                self.telemetry.lock("fenced", b.event_id, b.requested_seats, "store", fence)
+                self.telemetry.stored("conflict", "hold", b.event_id, [b.id])
             pairs = [(a, d) for a, d in zip(ready, decided, strict=True) if d.id not in stale]
             ready, decided = [a for a, _ in pairs], [d for _, d in pairs]
             try:
@@ -144,14 +147,18 @@ class Decider:
         except Unavailable as exc:
             log.warning("edge settle failed for %d decided bookings (redelivered): %s", len(mine), exc.detail)
             return False
+        outcomes: dict[tuple[str, str, str], list[str]] = {}
         for b, first in zip(mine, firsts, strict=True):
             self._failures.pop(b.id, None)
             self.waiters.notify(b.id)
             if not first:
                 continue  # decided and settled before (a redelivery)
+            outcomes.setdefault((*store_outcome(b), b.event_id), []).append(b.id)
             self.telemetry.booking(b)
             if b.status is BookingStatus.HELD:
                 self.telemetry.seats(b.event_id, b.seat_ids, "held")
+        for (action, op, event_id), ids in outcomes.items():
+            self.telemetry.stored(action, op, event_id, ids)
         return True
 
     # ------------------------------------------------------------------ poison
@@ -190,6 +197,8 @@ class Decider:
                     self.telemetry.queued("dead_lettered", 1, booking_id=booking.id)
                     return
                 ((stored, changed),) = await self.store.reject([booking], POISON_REASON, self.clock(), insert=True)
+                if changed:
+                    self.telemetry.stored("commit", "reject", booking.event_id, [booking.id])
         except Exception as exc:
             log.error("could not record poison booking %s as rejected, keeping it queued: %s", booking.id, exc)
             await self.queue.retry([booking])
@@ -230,7 +239,7 @@ class Decider:
                 for seat, lease in got.items():
                     leases[(event_id, seat)] = lease
                 if got:
-                    self.telemetry.lock("acquired", event_id, sorted(got), owner)
+                    self.telemetry.lock("acquired", event_id, sorted(got), owner, next(iter(got.values())).fence)
                 if len(got) < len(missing):
                     contended += len(missing) - len(got)
                     self.telemetry.lock("contended", event_id, [s for s in missing if s not in got], owner)
@@ -251,9 +260,21 @@ async def unlock(locks: SeatLocks, leases: list[SeatLease], deadline: float, tel
         failed = scope.cancelled_caught
     except Unavailable:
         failed = True
-    action = "expired" if failed else "released"
-    by_event: dict[str, list[str]] = {}
+    action = "expired" if failed else "released"  # (a lease not released lapses by its TTL)
+    by_event: dict[str, tuple[list[str], int]] = {}
     for lease in leases:
-        by_event.setdefault(lease.event_id, []).extend(lease.seats)
-    for event_id, seats in by_event.items():
-        telemetry.lock(action, event_id, seats, leases[0].owner)
+        seats, fence = by_event.get(lease.event_id, ([], lease.fence))
+        seats.extend(lease.seats)
+        by_event[lease.event_id] = (seats, max(fence, lease.fence))
+    for event_id, (seats, fence) in by_event.items():
+        telemetry.lock(action, event_id, seats, leases[0].owner, fence)
+
+
+def store_outcome(decided: Booking) -> tuple[str, str]:
+    """(action, op) of the store write that decided a booking: a hold committed, a rejection committed,
+    or a conflict (a named seat was taken: the store refused the hold)."""
+    if decided.status is BookingStatus.HELD:
+        return "commit", "hold"
+    if decided.reason == "seat_unavailable":
+        return "conflict", "hold"
+    return "commit", "reject"

@@ -22,10 +22,10 @@ from ..domain.errors import (
 )
 from ..domain.model import Booking, BookingRequest, BookingStatus, Event, Seat, SeatStatus, new_booking_id
 from ..ports import Admission, AdmitItem, BookingQueue, SeatLease, SeatLocks, Store
-from ..telemetry import Telemetry
+from ..telemetry import Telemetry, verdict_of
 from .batcher import Accepted, IntakeBatcher
 from .catalog import EventCatalog
-from .decider import Decider, unlock
+from .decider import Decider, store_outcome, unlock
 from .followups import EdgeFollowUps
 from .keys import SecretIssuer
 from .seatmaps import SeatMaps
@@ -54,7 +54,7 @@ class BookingService:
         self.locks = locks
         self.admission = admission
         self.clock = clock
-        self.telemetry = telemetry or Telemetry(clock)
+        self.telemetry = telemetry or Telemetry.from_settings(settings, clock)
         self.telemetry.queue_depth = queue.depth
         self.catalog = EventCatalog(store, admission)
         self.secrets = SecretIssuer()
@@ -70,6 +70,14 @@ class BookingService:
         self.decider = Decider(settings, store, queue, locks, admission, self.followups, self.waiters,
                                self.seat_maps, self.telemetry, clock)
         self.sweeper = HoldSweeper(settings, store, self.followups, self.seat_maps, self.telemetry, clock)
+        self.telemetry.gauges.update({
+            "queue_depth": lambda: float(queue.depth()),
+            "ws_subscribers": lambda: float(len(self.telemetry.subscribers)),
+            "accepting": lambda: 1.0 if self.accepting else 0.0,
+            "intake_waiting": lambda: float(self.intake.waiting()),
+            "long_polls": lambda: float(self.waiters.active),
+            "followups_pending": lambda: float(self.followups.pending()),
+        })
 
     @property
     def accepting(self) -> bool:
@@ -106,7 +114,7 @@ class BookingService:
             await nursery.start(self.decider.run)
             await nursery.start(self.sweeper.run)
             await nursery.start(self.followups.run)
-            nursery.start_soon(self.telemetry.run, name="telemetry")
+            await nursery.start(self.telemetry.run)
             task_status.started()
 
     async def drain(self, grace: float) -> bool:
@@ -203,8 +211,10 @@ class BookingService:
         try:
             (admitted,) = await self.admission.admit([AdmitItem(booking, force=force)])
         except Unavailable:
+            self.telemetry.admission("unavailable", booking.event_id, booking.quantity, booking.id)
             await self.followups.abandon([booking])  # the script may have run
             raise
+        self.telemetry.admission(verdict_of(admitted.error), booking.event_id, booking.quantity, booking.id)
         if admitted.error is not None:
             raise admitted.error
         # the commit and its follow-ups belong together: shielded (each call has its own deadline)
@@ -218,6 +228,7 @@ class BookingService:
                 await self.followups.tombstone([booking])
                 raise
             await self.followups.settle([decided])
+        self.telemetry.stored(*store_outcome(decided), decided.event_id, [decided.id])
         self.telemetry.booking(decided)
         if decided.status is BookingStatus.HELD:
             self.telemetry.seats(decided.event_id, decided.seat_ids, "held")
@@ -233,7 +244,8 @@ class BookingService:
                 lease = await self.locks.acquire(booking.event_id, seats, owner, self.settings.lock_ttl_ms)
         except trio.TooSlowError:
             raise Unavailable("the lock service did not answer in time", component="lock") from None
-        self.telemetry.lock("acquired" if lease is not None else "contended", booking.event_id, seats, owner)
+        self.telemetry.lock("acquired" if lease is not None else "contended", booking.event_id, seats, owner,
+                            lease.fence if lease is not None else None)
         return lease
 
     # ================================================================== reads and transitions
@@ -280,6 +292,7 @@ class BookingService:
             booking, changed = await self.store.confirm(booking_id, self.clock())
             self.seat_maps.changed(booking.event_id)
         if changed:
+            self.telemetry.stored("commit", "confirm", booking.event_id, [booking.id])
             self.telemetry.booking(booking)
             self.telemetry.seats(booking.event_id, booking.seat_ids, "sold")
         return booking
@@ -294,6 +307,7 @@ class BookingService:
             booking = await self.store.cancel(booking_id, self.clock())
             self.seat_maps.changed(booking.event_id)
             await self.followups.release([booking])
+        self.telemetry.stored("commit", "cancel", booking.event_id, [booking.id])
         self.telemetry.booking(booking)
         self.telemetry.seats(booking.event_id, booking.seat_ids, "available")
         return booking

@@ -51,8 +51,10 @@ class HoldSweeper:
                 for event_id in {b.event_id for b in chunk}:
                     self.seat_maps.changed(event_id)
                 await self.followups.release(chunk)
+            for event_id in {b.event_id for b in chunk}:
+                self.telemetry.stored("commit", "expire", event_id, [b.id for b in chunk if b.event_id == event_id])
             for b in chunk:
-                self.telemetry.holds_expired += 1
+                self.telemetry.hold_expired(b)
                 self.telemetry.booking(b)
                 self.telemetry.seats(b.event_id, b.seat_ids, "available")
             expired.extend(chunk)

@@ -5,6 +5,7 @@ map domain errors to problem+json (in `problem_of`, the one mapping)."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ from ..schemas import (
     parse_wait,
 )
 from ..service import BookingService
-from ..telemetry import Subscriber
+from ..telemetry import Subscriber, iso_time
+from ..telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .flash_sale import FlashSaleRunner, FlashSaleRunning
 from .openapi import BOOKING_OWNER, TicketBlitzOpenAPI, problems, quart_security_schemes
 
@@ -72,6 +74,23 @@ log = logging.getLogger("ticketblitz.web")
 PROBLEM_TYPE = "application/problem+json"
 DOCS_UI = Path(__file__).resolve().parent / "docs_ui"  # the /docs page and its assets (package data)
 DOCS_ASSETS = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "docs.js"})
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_PARAMETER = re.compile(r"<(?:(path):)?[^>]+>")
+_templates: dict[tuple[str, str | None], str] = {}
+
+
+def route_template(method: str, rule: str | None) -> str:
+    """The route's name in telemetry and /metrics: `GET /api/bookings/{id}`; a bounded set of names
+    (unknown methods are OTHER, paths no route matched are `(unmatched)`)."""
+    key = (method, rule)
+    name = _templates.get(key)
+    if name is None:
+        verb = method if method in METHODS else "OTHER"
+        path = _PARAMETER.sub(lambda m: "{path}" if m.group(1) else "{id}", rule) if rule else "(unmatched)"
+        name = f"{verb} {path}"
+        if len(_templates) < 1000:
+            _templates[key] = name
+    return name
 
 DESCRIPTION = """TicketBlitz sells a fixed stock of seats to a crowd that arrives all at once, without selling
 a seat twice and without losing an accepted request.
@@ -144,7 +163,9 @@ def create_app(service: BookingService) -> QuartTrio:
     async def _record(response: Response) -> Response:
         started = getattr(g, "started", None)
         if started is not None:
-            telemetry.record_request(response.status_code, time.perf_counter() - started)
+            rule = request.url_rule.rule if request.url_rule is not None else None
+            telemetry.record_request(response.status_code, time.perf_counter() - started,
+                                     route_template(request.method, rule))
         page = request.path in ("/", "/docs") or request.path.startswith(("/static/", "/docs/"))
         for name, value in (PAGE_HEADERS if page else API_HEADERS).items():
             response.headers.setdefault(name, value)
@@ -376,13 +397,8 @@ def create_app(service: BookingService) -> QuartTrio:
     @tag(["operations"])
     @problems(503)
     async def metrics() -> Response:
-        """Prometheus text exposition."""
-        gauges = {"queue_depth": float(service.queue.depth()), "ws_subscribers": float(len(telemetry.subscribers)),
-                  "accepting": 1.0 if service.accepting else 0.0,
-                  "intake_waiting": float(service.intake.waiting()),
-                  "long_polls": float(service.waiters.active),
-                  "followups_pending": float(service.followups.pending())}
-        return Response(telemetry.metrics_text(gauges), content_type="text/plain; version=0.0.4; charset=utf-8")
+        """Prometheus text exposition (prometheus_client; with `--workers N`, every worker's numbers)."""
+        return Response(telemetry.metrics_text(), content_type=METRICS_CONTENT_TYPE)
 
     # ------------------------------------------------------------------ the flash-sale button
     flash_sales = FlashSaleRunner(service)
@@ -452,9 +468,9 @@ def create_app(service: BookingService) -> QuartTrio:
 
     @app.websocket("/ws")
     async def ws() -> Response | None:
-        """Telemetry frames: `snapshot` on connect, then lock/queue/booking/seat, `stats` every second.
-        Anonymous frames carry no booking or user ids; a first frame {"type": "auth", "token": <admin
-        token>} opens them."""
+        """Telemetry: `snapshot` on connect, then one message per tick (a `batch` of frames, or one bare
+        frame) and `stats` every second. Anonymous frames carry no booking or user ids; a first frame
+        {"type": "auth", "token": <admin token>} opens them. Wire format: docs/API.md."""
         event_filter = websocket.args.get("event") or None
         if event_filter is not None and len(event_filter) > 64:
             event_filter = None
@@ -466,13 +482,14 @@ def create_app(service: BookingService) -> QuartTrio:
         with telemetry.subscribe(event_filter) as sub:
             events = [event_json(e) for e in await service.events()
                       if event_filter is None or e.id == event_filter]
-            await websocket.send(orjson.dumps({"type": "snapshot", "ts": telemetry.last_stats["ts"],
-                                               "events": events, "stats": telemetry.last_stats}).decode())
+            stats = telemetry.last_stats
+            await websocket.send(orjson.dumps({"type": "snapshot", "ts": iso_time(service.clock()),
+                                               "process": telemetry.process, "events": events, "stats": stats,
+                                               "processes": stats.get("processes", 1)}).decode())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_read_frames, sub)
                 while True:
-                    frame = await sub.next_frame()
-                    await websocket.send(orjson.dumps(frame).decode())
+                    await websocket.send(await sub.next_message())
         return None
 
     async def _read_frames(sub: Subscriber) -> None:

@@ -74,7 +74,7 @@ class Settings:
     max_ws_subscribers: int = 500  # /ws subscribers per process; beyond it the handshake gets 503
     ws_subscriber_buffer: int = 64  # messages (one per tick) waiting per /ws subscriber; beyond it dropped, counted
     telemetry_tick: float = 0.1  # seconds between two flushes of telemetry frames to /ws subscribers
-    max_frames_per_tick: int = 200  # non-seat telemetry frames per tick; more are dropped (and counted)
+    max_frames_per_tick: int = 50  # non-seat telemetry frames per tick; more are dropped (and counted)
     seat_map_max_age: float = 0.5  # seconds a cached seat map may serve changes made by other processes
     produce_timeout: float = 2.0  # seconds a Kafka produce may take before intake answers 503
     log_level: str = "info"

@@ -45,7 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ticketblitz.telemetry")
 
 DEFAULT_TICK = 0.1
-DEFAULT_MAX_FRAMES = 200
+DEFAULT_MAX_FRAMES = 50
+# rare frames that a page acts on (a new event, the flash sale's progress): never dropped by the cap
+ESSENTIAL_KINDS = frozenset({"event", "loadgen"})
 DEFAULT_BUFFER = 64  # messages (ticks) per subscriber
 STATS_INTERVAL = 1.0
 MAX_PENDING_ANSWERS = 100_000  # answers recorded between flushes before they are absorbed at once
@@ -184,7 +186,7 @@ class Telemetry:
         Appended to the tick's list; beyond `max_frames_per_tick` it is only counted as dropped."""
         if not self.listening:
             return
-        if len(self._tick) >= self.max_frames_per_tick:
+        if len(self._tick) >= self.max_frames_per_tick and kind not in ESSENTIAL_KINDS:
             self.frames_dropped += 1
             return
         data["type"] = kind

@@ -31,6 +31,8 @@ import httptools
 import orjson
 import trio
 
+from ticketblitz.loadgen.client import socket_error_kind
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES_SH = ROOT / "scripts" / "services.sh"
 HOST = "127.0.0.1"
@@ -446,19 +448,7 @@ def build_request(method: str, path: str, port: int, body: Any = None, headers: 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
 
 
-def _error_kind(phase: str, exc: BaseException) -> str:
-    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
-    if isinstance(cause, ConnectionRefusedError):
-        return f"{phase}_refused"
-    if isinstance(cause, ConnectionResetError):
-        return f"{phase}_reset"
-    if isinstance(cause, BrokenPipeError):
-        return f"{phase}_broken_pipe"
-    if isinstance(cause, OSError) and cause.errno is not None:
-        import errno
-
-        return f"{phase}_{errno.errorcode.get(cause.errno, cause.errno)}"
-    return f"{phase}_{type(cause).__name__}"
+_error_kind = socket_error_kind  # one naming of socket failures, the load generator's
 
 
 class Connection:

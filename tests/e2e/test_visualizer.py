@@ -7,10 +7,10 @@ download), against a real `ticketblitz serve --demo` process (embedded adapters)
 - the race demo: each of /api/book-naive, /api/book-secure, /api/book-async ends with exactly one winner,
   and the three seats are held in the API's seat map;
 - screenshots for the README: docs/visualizer.png (light), docs/visualizer-dark.png, docs/race-demo.png;
-- a small flash sale started from the page (300 fans, 50 seats): the page switches to its event and, once
-  the `loadgen` frames say finished, the seat map, the counters and the log's seat frames agree with
-  `GET /api/events/{id}` and its seat map. (Needs `POST /api/admin/flash-sale` and `loadgen` frames,
-  spec/telemetry.md.)
+- a flash sale started from the page (2,000 fans, 300 seats): the page switches to its event, shows the
+  burst in progress (screenshot docs/flash-sale.png) and, once the `loadgen` frames say finished, the seat
+  map, the counters and the log's seat frames agree with `GET /api/events/{id}` and its seat map, and the
+  page's summary says oversold 0.
 
 Chromium logs every 4xx answer a `fetch` gets as a console error ("Failed to load resource"); the race demo's
 409/429 refusals are the expected answers of the losing requests and are the only console errors allowed.
@@ -246,24 +246,31 @@ def test_seat_map_race_demo_and_screenshots(server: str, browser: Any) -> None:
         context.close()
 
 
+SALE_SEATS = 300  # 2,000 fans for 300 seats: long enough for the page to show the burst in progress
+
+
 def test_flash_sale_from_the_page(server: str, browser: Any) -> None:
     """Needs the flash-sale endpoint and `loadgen`/coalesced `seat` frames (spec/telemetry.md)."""
     context, page, console = open_page(browser, server)
     try:
         wait_agreement(page, server, "evt_demo")
-        page.fill("#flash-users", "300")
-        page.fill("#flash-seats", "50")
+        page.fill("#flash-users", "2000")
+        page.fill("#flash-seats", str(SALE_SEATS))
         page.click("#flash-run")
         page.wait_for_selector("#flash-status[data-state=started], #flash-status[data-state=refused]", timeout=15000)
         assert page.get_attribute("#flash-status", "data-state") == "started", page.inner_text("#flash-status")
+        # the README's picture of a sale in progress: taken once the page shows the burst's progress
+        page.wait_for_selector("#flash-status[data-state=progress], #flash-status[data-state=finished]",
+                               timeout=60000)
+        page.screenshot(path=str(DOCS / "flash-sale.png"))
         page.wait_for_selector("#flash-status[data-state=finished]", timeout=130000)
         event_id = page.evaluate("document.getElementById('seat-counts').dataset.event")
         assert event_id and event_id != "evt_demo", "the page switches to the flash sale's event"
         assert page.get_attribute("#flash-summary table", "data-oversold") == "0"
 
         api = wait_agreement(page, server, event_id, timeout=30)
-        assert sum(api.values()) == 50 and api["available"] < 50, api
-        assert page_counts(page)["seats"] == 50
+        assert sum(api.values()) == SALE_SEATS and api["available"] < SALE_SEATS, api
+        assert page_counts(page)["seats"] == SALE_SEATS
         seat_map = {s["id"]: s["status"]
                     for s in httpx.get(f"{server}/api/events/{event_id}/seats").json()["seats"]}
 

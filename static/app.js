@@ -178,7 +178,7 @@ function onStats(frame) {
   dl.replaceChildren(...keys.map((k) => {
     const div = document.createElement("div");
     const dt = document.createElement("dt");
-    dt.textContent = k;
+    dt.textContent = k === "pending" ? "accepted (pending)" : k;
     const dd = document.createElement("dd");
     dd.textContent = (s.bookingTotals[k] || 0).toLocaleString();
     dd.dataset.status = k;

@@ -262,6 +262,8 @@ def test_flash_sale_from_the_page(server: str, browser: Any) -> None:
         # the README's picture of a sale in progress: taken once the page shows the burst's progress
         page.wait_for_selector("#flash-status[data-state=progress], #flash-status[data-state=finished]",
                                timeout=60000)
+        page.evaluate("window.scrollTo(0, 0)")  # the button is at the bottom; the picture is of the sale
+        page.wait_for_timeout(300)
         page.screenshot(path=str(DOCS / "flash-sale.png"))
         page.wait_for_selector("#flash-status[data-state=finished]", timeout=130000)
         event_id = page.evaluate("document.getElementById('seat-counts').dataset.event")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,14 +25,16 @@ class SetupError(Exception):
 
 
 def seat_layout(seats: int) -> tuple[int, int]:
-    """(rows, seats_per_row) of one section holding exactly `seats` seats, each dimension 1..1000:
-    one row up to 1000 seats, else rows of 100 when that divides, else the widest exact row."""
-    if seats <= MAX_DIMENSION:
-        return 1, seats
-    widths = [w for w in range(MAX_DIMENSION, 0, -1) if seats % w == 0 and seats // w <= MAX_DIMENSION]
+    """(rows, seats_per_row) of one section holding exactly `seats` seats, each dimension 1..1000, about
+    twice as wide as deep (so that the visualizer's seat map of a sale is a block, not a line): the exact
+    row width closest to sqrt(2 x seats); one row when no width comes near (a prime up to 1000)."""
+    ideal = math.sqrt(2 * seats)
+    widths = [w for w in range(1, MAX_DIMENSION + 1) if seats % w == 0 and seats // w <= MAX_DIMENSION]
     if not widths:
         raise ValueError(f"seats: no rows x seats_per_row (each <= {MAX_DIMENSION}) makes exactly {seats}")
-    width = 100 if 100 in widths else widths[0]
+    width = min(widths, key=lambda w: (abs(w - ideal), -w))
+    if width < ideal / 2 and seats <= MAX_DIMENSION:
+        width = seats
     return seats // width, width
 
 

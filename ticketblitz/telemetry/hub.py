@@ -364,7 +364,9 @@ class Telemetry:
             "process": self.process,
             "window_s": round(window, 3),
             "requests_per_s": rates(totals["requests"], before["requests"], window),
-            "decisions_per_s": rates(totals["bookings"], before["bookings"], window),
+            # a decision takes a booking out of `pending` (its creation as `pending` is not one)
+            "decisions_per_s": {k: v for k, v in rates(totals["bookings"], before["bookings"], window).items()
+                                if k != "pending"},
             "admissions_per_s": rates(totals["admissions"], before["admissions"], window),
             "queue_per_s": {"produced": queue_per_s.get("produced", 0.0), "consumed": queue_per_s.get("consumed", 0.0)},
             "locks_per_s": locks_per_s,

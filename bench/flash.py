@@ -9,7 +9,10 @@ The burst uses raw trio sockets and a minimal HTTP/1.1 client (httptools' parser
 that the driver spends little CPU per request and the server, not the driver, is what gets measured.
 The driver itself lives in the package (`ticketblitz.loadgen`, also `ticketblitz flash-sale`); this
 script keeps bench's command line and output. Run `python bench/flash.py --help` (and `... flash --help`,
-`... hot --help`) for every option.
+`... hot --help`, `... plain --help`) for every option.
+
+`plain` is the same burst against any URL on this machine (a baseline such as bench/fastify_hello.js):
+each fan sends one request to that URL and reads the answer; no event, no decisions, no verification.
 """
 
 
@@ -24,6 +27,7 @@ from typing import Any
 import trio
 
 from ticketblitz.loadgen.client import ALLOWED_HOST, ProtocolError, parse_target
+from ticketblitz.loadgen.plain import METHODS, judge_plain, parse_plain_url, render_plain, run_plain, write_plain_json
 from ticketblitz.loadgen.report import FD_MARGIN, RunOptions, judge, raise_fd_limit, render, run_flash_sale, write_json
 from ticketblitz.loadgen.scenario import MAX_CLIENTS, MAX_PER_USER, MAX_SEATS, ROUTES, Scenario, SetupError, seat_layout
 
@@ -89,13 +93,14 @@ exit status: 0 when verification passed and no socket failed (see --allow-socket
 examples:
   python bench/flash.py --admin-token t flash --clients 2000 --seats 100
   python bench/flash.py hot --clients 1000
-  python bench/flash.py flash --clients 500 --seats 100 --route book-async --json out.json""",
+  python bench/flash.py flash --clients 500 --seats 100 --route book-async --json out.json
+  python bench/flash.py plain --url http://127.0.0.1:3000/hello --clients 10000""",
     )
     top.add_argument("--url", default="http://127.0.0.1:8000",
                      help=f"the server; only http://{ALLOWED_HOST}:PORT is accepted (default http://127.0.0.1:8000)")
     top.add_argument("--admin-token", default=os.environ.get("TICKETBLITZ_ADMIN_TOKEN"),
                      help="organizer token to create the event (default: env TICKETBLITZ_ADMIN_TOKEN)")
-    sub = top.add_subparsers(dest="scenario", required=True, metavar="{flash,hot}")
+    sub = top.add_subparsers(dest="scenario", required=True, metavar="{flash,hot,plain}")
     flash = sub.add_parser("flash", help="N fans each ask for the best available --quantity seats",
                            description="N fans each ask for --quantity best-available seats of a fresh event.")
     _add_common(flash, 2000)
@@ -105,7 +110,44 @@ examples:
                          description="N fans all ask for the same named seat A-1-1 (seat_ids, or seatNumber 1 "
                                      "on the compat routes) of a fresh event.")
     _add_common(hot, 1000)
+    plain = sub.add_parser("plain", help="N fans each send one request to --url (a baseline server)",
+                           description="The same burst against any HTTP server on 127.0.0.1: N fans, one "
+                                       "connection each, released at once, each sends ONE request to the URL "
+                                       "(POST body {\"user_id\": \"fan-<i>\", \"quantity\": 1}) and reads "
+                                       "the answer. No event, no decisions, no verification: passes when "
+                                       "every answer is 2xx.")
+    plain.add_argument("--url", dest="plain_url", required=True,
+                       help=f"http://{ALLOWED_HOST}:PORT/path (only this machine)")
+    plain.add_argument("--method", choices=METHODS, default="POST", help="default POST")
+    plain.add_argument("--clients", type=_positive(int, 1, MAX_CLIENTS), default=10_000,
+                       help=f"fans, each on its own TCP connection (default 10000, at most {MAX_CLIENTS})")
+    plain.add_argument("--connect-timeout", type=_positive(float, 0.1, 60), default=10.0,
+                       help="seconds for ALL connections to be up before the release (default 10)")
+    plain.add_argument("--timeout", type=_positive(float, 0.1, 600), default=60.0,
+                       help="seconds from the release for every answer (default 60)")
+    plain.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+    plain.add_argument("--allow-socket-errors", action="store_true",
+                       help="exit 0 despite socket errors when every answer was 2xx")
     return top
+
+
+def main_plain(args: argparse.Namespace) -> int:
+    try:
+        parse_plain_url(args.plain_url)
+        raise_fd_limit(args.clients + FD_MARGIN)
+    except ValueError as exc:
+        print(f"flash.py: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = trio.run(run_plain, args.plain_url, args.clients, args.method, args.connect_timeout, args.timeout)
+    except (OSError, RuntimeError) as exc:
+        print(f"flash.py: could not run against {args.plain_url}: {exc!r}", file=sys.stderr)
+        return 2
+    judge_plain(report, args.allow_socket_errors)
+    print(render_plain(report))
+    if args.json:
+        write_plain_json(report, args.json)
+    return 0 if report.passed else 1
 
 
 def scenario_of(args: argparse.Namespace) -> Scenario:
@@ -124,6 +166,8 @@ def options_of(args: argparse.Namespace, scenario: Scenario) -> RunOptions:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.scenario == "plain":
+        return main_plain(args)
     try:
         parse_target(args.url)
         scenario = scenario_of(args)

@@ -7,13 +7,21 @@ import math
 import resource
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import trio
 
 from .client import ProtocolError, connect, read_response, socket_error_kind
-from .scenario import Scenario
+
+
+class FanRequests(Protocol):
+    """What a burst sends: `clients` fans, each one request (a flash `Scenario`, or plain mode's)."""
+
+    @property
+    def clients(self) -> int: ...
+
+    def request_for(self, fan: int, event_id: str, port: int) -> bytes: ...
 
 
 def cpu_seconds() -> float:
@@ -124,7 +132,7 @@ class BurstRun:
     cpu_seconds: float  # driver CPU spent from the release to the end of the burst
 
 
-async def run_burst(scenario: Scenario, port: int, event_id: str, connect_timeout: float,
+async def run_burst(scenario: FanRequests, port: int, event_id: str, connect_timeout: float,
                     answer_timeout: float, tally: Tally | None = None) -> BurstRun:
     """Open every connection concurrently, release all fans at once, wait for every answer."""
     raws = [scenario.request_for(i, event_id, port) for i in range(scenario.clients)]

@@ -1,6 +1,11 @@
 """Baselines measured in the same run as the servers, so that results are ratios on a noisy machine:
 
 - Fastify 5 hello world (`bench/fastify_hello.js`), POST /hello, wrk;
+- the original's queued route (`bench/fastify_original.js`): Fastify 5 + kafkajs, POST /api/book-async = one
+  `producer.send` (acks = all) to a topic of its own (`bench-original-<hex>`) on the local Kafka, then 202;
+  wrk with bench/book_async.lua (unique user and seat per request);
+- the 10,000-fan flash burst against the Fastify hello world (`bench/flash.py plain`), so that the burst's
+  p99 has a baseline under the same driver on the same cores;
 - the same stack's hello world through both doors (`bench/hello.py quart|door`), POST /hello, wrk;
 - the Redis admission script (`edge_common.lua` + `edge_admit.lua`, joined as `RedisAdmission` joins them)
   under `redis-benchmark` EVALSHA, with batches of 1 and of 256 booking requests on a seeded event;
@@ -39,10 +44,14 @@ from bench_common import (
     stop_process,
     wait_listening,
 )
-from bench_servers import REDIS_DB, create_database, drop_database, flush_redis
+from bench_servers import REDIS_DB, create_database, delete_kafka, drop_database, flush_redis
 
 NODE_DIR = BENCH / ".node"
 FASTIFY = NODE_DIR / "node_modules" / "fastify"
+KAFKAJS = NODE_DIR / "node_modules" / "kafkajs"
+NPM_PACKAGES = ("fastify@5", "kafkajs")
+ORIGINAL_EVENT = "evt_bench_original"  # the original's route does not look at it
+ORIGINAL_SEATS = 200_000
 HELLO_BODY = '{"user_id":"u-1","quantity":1}'
 BENCH_EVENT = "evt_bench_admit"
 ADMIT_STOCK = 1_000_000
@@ -58,7 +67,8 @@ def pgbench_path() -> str | None:
 
 
 def ensure_tools(need_node: bool) -> None:
-    """Install what is missing: wrk and redis-tools (Debian packages), Fastify (npm, into bench/.node)."""
+    """Install what is missing: wrk and redis-tools (Debian packages), Fastify and kafkajs (npm, into
+    bench/.node, git-ignored)."""
     missing = [pkg for tool, pkg in (("wrk", "wrk"), ("redis-benchmark", "redis-tools")) if not shutil.which(tool)]
     if pgbench_path() is None:
         missing.append("postgresql-contrib")
@@ -72,9 +82,9 @@ def ensure_tools(need_node: bool) -> None:
     if need_node:
         if not shutil.which("node") or not shutil.which("npm"):
             raise BenchError("node and npm are needed for the Fastify baseline (apt-get install -y nodejs npm)")
-        if not (FASTIFY / "package.json").exists():
-            log("installing fastify@5 into bench/.node")
-            run("npm install", ["npm", "install", "--prefix", "bench/.node", "fastify@5"], timeout=600)
+        if not all((pkg / "package.json").exists() for pkg in (FASTIFY, KAFKAJS)):
+            log(f"installing {' '.join(NPM_PACKAGES)} into bench/.node")
+            run("npm install", ["npm", "install", "--prefix", "bench/.node", *NPM_PACKAGES], timeout=600)
 
 
 # ---------------------------------------------------------------------- HTTP hello worlds
@@ -122,6 +132,89 @@ def hello_quart(seconds: float, threads: int, connections: int) -> HelloOutcome:
 def hello_door(seconds: float, threads: int, connections: int) -> HelloOutcome:
     return hello("trio-door", lambda port: [PYTHON, "bench/hello.py", "door", "--port", str(port)], seconds,
                  threads, connections)
+
+
+# ---------------------------------------------------------------------- the original's queued route
+
+
+@dataclass
+class OriginalOutcome:
+    server_command: str
+    topic: str
+    wrk: WrkResult
+    exit_code: int  # 0: the server stopped and deleted its topic
+
+    @property
+    def passed(self) -> bool:
+        w = self.wrk
+        return self.exit_code == 0 and w.total_socket_errors == 0 and w.count(lambda s: s != 202) == 0
+
+
+def original(urls: dict[str, str], seconds: float, threads: int, connections: int) -> OriginalOutcome:
+    """bench/fastify_original.js on a free port with its own topic; wrk POST /api/book-async (unique user
+    and seat per request); SIGTERM (the server deletes its topic, exit 0)."""
+    port = free_port()
+    topic = f"bench-original-{secrets.token_hex(4)}"
+    cmd = ["node", "bench/fastify_original.js", str(port), urls["TICKETBLITZ_KAFKA_BOOTSTRAP"], topic]
+    COMMANDS.add("baseline fastify-original server", cmd)
+    log(f"baseline fastify-original: wrk POST /api/book-async for {seconds:g} s (topic {topic})")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        wait_listening(port, time.monotonic() + 60, proc)
+        result = run_wrk("baseline fastify-original", f"http://127.0.0.1:{port}", "book_async.lua",
+                         [ORIGINAL_EVENT, str(ORIGINAL_SEATS), str(threads)], threads=threads,
+                         connections=connections, duration=seconds)
+    finally:
+        code = stop_process(proc, 30)
+        if code != 0:  # it did not delete its topic: do it here
+            try:
+                delete_kafka(urls["TICKETBLITZ_KAFKA_BOOTSTRAP"], [topic], f"{topic}-none")
+            except Exception as exc:
+                log(f"baseline fastify-original: deleting topic {topic}: {exc!r}")
+    return OriginalOutcome(shown(cmd), topic, result, code)
+
+
+# ---------------------------------------------------------------------- the flash driver against Fastify hello
+
+
+@dataclass
+class PlainFlashOutcome:
+    command: str
+    exit_code: int
+    report: dict[str, Any]  # bench/flash.py plain --json
+    server_exit_code: int
+
+    @property
+    def p99_ms(self) -> float | None:
+        value = self.report["burst"]["latency_ms"]["p99"]
+        return float(value) if value is not None else None
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0 and self.server_exit_code == 0
+
+
+def fastify_flash(clients: int, workdir: Path) -> PlainFlashOutcome:
+    """The flash driver's burst (bench/flash.py plain, `clients` fans) against the Fastify hello world."""
+    port = free_port()
+    server = ["node", "bench/fastify_hello.js", str(port)]
+    out = workdir / "fastify-hello-flash.json"
+    cmd = [PYTHON, "bench/flash.py", "plain", "--url", f"http://127.0.0.1:{port}/hello", "--clients", str(clients),
+           "--json", str(out)]
+    COMMANDS.add("baseline fastify-flash server", server)
+    log(f"baseline fastify-flash: bench/flash.py plain, {clients} fans against the Fastify hello world")
+    proc = subprocess.Popen(server, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        wait_listening(port, time.monotonic() + 30, proc)
+        done = run("baseline fastify-flash (flash.py plain)", cmd, timeout=300, check=False)
+    finally:
+        code = stop_process(proc, 15)
+    if done.returncode == 2 or not out.exists():
+        raise BenchError(f"flash.py plain could not run:\n{done.stdout}\n{done.stderr[-3000:]}")
+    print(done.stdout, flush=True)
+    return PlainFlashOutcome(shown(cmd), done.returncode, orjson.loads(out.read_bytes()), code)
 
 
 # ---------------------------------------------------------------------- Redis admission script

@@ -13,10 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_baselines import FASTIFY, AdmitOutcome, HelloOutcome, PgbenchOutcome, kafka_version, pgbench_path
+from bench_baselines import (
+    FASTIFY,
+    KAFKAJS,
+    AdmitOutcome,
+    HelloOutcome,
+    OriginalOutcome,
+    PgbenchOutcome,
+    PlainFlashOutcome,
+    kafka_version,
+    pgbench_path,
+)
 from bench_common import COMMANDS, WrkResult
 from bench_profile import Profile
-from bench_scenarios import BrowseOutcome, FlashOutcome, IntakeOutcome, Sizes
+from bench_scenarios import BookAsyncOutcome, BrowseOutcome, FlashOutcome, IntakeOutcome, Sizes
 from bench_servers import ServerSpec
 
 # The targets (see bench/README.md).
@@ -27,6 +37,8 @@ FLASH_DECIDED_S = 3.0
 FLASH_P99_MS = 250.0
 DECISIONS_VS_PGBENCH = 0.5
 RSS_LIMIT_MB = 200.0
+BOOK_ASYNC_VS_ORIGINAL = 1.0  # issue 10: ours on the original's queued route >= 1.0 x the original as written
+FLASH_P99_VS_FASTIFY = 1.0  # issue 10: flash p99 <= 1.0 x the Fastify hello's p99 under the same driver
 
 
 @dataclass
@@ -37,6 +49,7 @@ class ServerResult:
     hot: FlashOutcome | None = None
     intake: IntakeOutcome | None = None
     browse: BrowseOutcome | None = None
+    book_async: BookAsyncOutcome | None = None
     profile: Profile | None = None
     profile_intake: IntakeOutcome | None = None
     exit_code: int | None = None
@@ -60,6 +73,9 @@ class ServerResult:
                 out.append(f"{self.spec.name}: {label} checks failed: {', '.join(failed)}")
         if self.browse is not None and not self.browse.passed:
             out.append(f"{self.spec.name}: (d) browse had 5xx, socket errors or unexpected statuses")
+        if self.book_async is not None and not self.book_async.passed:
+            failed = [name for name, ok in self.book_async.checks.items() if not ok]
+            out.append(f"{self.spec.name}: (e) book-async checks failed: {', '.join(failed)}")
         out += [f"{self.spec.name}: cleanup: {p}" for p in self.cleanup_problems]
         return out
 
@@ -73,6 +89,8 @@ class Baselines:
     fastify: HelloOutcome | None = None
     quart: HelloOutcome | None = None
     door: HelloOutcome | None = None
+    original: OriginalOutcome | None = None
+    fastify_flash: PlainFlashOutcome | None = None
     admission: list[AdmitOutcome] = field(default_factory=list)
     pgbench: PgbenchOutcome | None = None
     errors: list[str] = field(default_factory=list)
@@ -81,6 +99,11 @@ class Baselines:
         out = [f"baseline: {e}" for e in self.errors]
         out += [f"baseline {h.name}: socket errors, non-200 answers or exit {h.exit_code}"
                 for h in (self.fastify, self.quart, self.door) if h is not None and not h.passed]
+        if self.original is not None and not self.original.passed:
+            out.append(f"baseline fastify-original: socket errors, non-202 answers or exit {self.original.exit_code}")
+        if self.fastify_flash is not None and not self.fastify_flash.passed:
+            out.append(f"baseline fastify-flash: flash.py plain exit {self.fastify_flash.exit_code}, server exit "
+                       f"{self.fastify_flash.server_exit_code}")
         out += [f"baseline redis admission batch {a.batch}: admitted {a.admitted} of {a.expected}"
                 for a in self.admission if not a.passed]
         return out
@@ -133,6 +156,10 @@ def versions(urls: dict[str, str] | None) -> dict[str, str]:
         out["fastify"] = json.loads((FASTIFY / "package.json").read_text())["version"]
     except OSError:
         out["fastify"] = "not installed"
+    try:
+        out["kafkajs"] = json.loads((KAFKAJS / "package.json").read_text())["version"]
+    except OSError:
+        out["kafkajs"] = "not installed"
     out["wrk"] = _output(["wrk", "-v"])
     out["redis-benchmark"] = _output(["redis-benchmark", "--version"])
     out["pgbench"] = _output([pgbench_path() or "pgbench", "--version"])
@@ -182,8 +209,21 @@ def targets(servers: dict[str, ServerResult], base: Baselines, sizes: Sizes) -> 
         out.append(Target("distributed 2-proc intake (c) ≥ 5,000 req/s", _num(rps, " req/s"), "≥ 5,000 req/s",
                           _ratio(rps, DISTRIBUTED2_MIN_RPS), None if rps is None else rps >= DISTRIBUTED2_MIN_RPS))
     pg = base.pgbench.tps if base.pgbench else None
+    orig = base.original.wrk.rps if base.original else None
+    plain_p99 = base.fastify_flash.p99_ms if base.fastify_flash else None
     for name, r in servers.items():
+        if r.book_async is not None:
+            rps = r.book_async.wrk.rps
+            out.append(Target(f"{name}: (e) /api/book-async ≥ 1.0 x the original's route (Fastify + kafkajs)",
+                              _num(rps, " req/s"), f"≥ {_num(orig, ' req/s')}" if orig else "original not measured",
+                              _ratio(rps, orig), None if orig is None else rps >= BOOK_ASYNC_VS_ORIGINAL * orig))
         f = r.flash
+        if f is not None:
+            p99 = f.report["burst"]["latency_ms"]["p99"]
+            out.append(Target(f"{name}: flash p99 ≤ 1.0 x Fastify hello p99 under the same driver",
+                              _num(p99, " ms"), f"≤ {_num(plain_p99, ' ms')}" if plain_p99 else "Fastify not measured",
+                              _ratio(p99, plain_p99),
+                              None if p99 is None or plain_p99 is None else p99 <= FLASH_P99_VS_FASTIFY * plain_p99))
         if f is not None:
             b, v = f.report["burst"], f.report["verification"]
             clean = b["answered"] == sizes.flash_clients and not b["socket_errors"]
@@ -311,6 +351,15 @@ def results_table(servers: dict[str, ServerResult], base: Baselines) -> list[str
                 f"{_num(i.time_to_covered, ' s', 2)} after wrk ended",
                 f"{i.timeline.peak_decisions:,} · {_num(i.timeline.mean_decisions)}", "—",
                 _cpu(i.cpu, ("wrk", w.client_cpu_s)), _check(i.passed)))
+        if r.book_async is not None:
+            ba, w = r.book_async, r.book_async.wrk
+            ratio = f" ({_ratio(w.rps, base.original.wrk.rps)} the original)" if base.original else ""
+            rows.append(_row(
+                name, f"(e) POST /api/book-async, named seats, {w.seconds:.0f} s, 200,000 seats",
+                f"{w.rps:,.0f}{ratio}", *_lat(w), f"{_statuses(w.statuses)}; {ba.timeline.bookings:,} bookings",
+                _wrk_errors(w), f"{_num(ba.time_to_decided, ' s', 1)} after wrk ended",
+                f"{ba.timeline.peak_decisions:,} · {_num(ba.timeline.mean_decisions)}", "—",
+                _cpu(ba.cpu, ("wrk", w.client_cpu_s)), _check(ba.passed)))
         if r.browse is not None:
             for what, w in (("GET /api/events/{id}", r.browse.event), ("GET /api/events/{id}/seats", r.browse.seats)):
                 rows.append(_row(name, f"(d) browse {what}, 1,000 seats", f"{w.rps:,.0f}", *_lat(w),
@@ -320,6 +369,20 @@ def results_table(servers: dict[str, ServerResult], base: Baselines) -> list[str
             w = h.wrk
             rows.append(_row("baseline", f"{h.name} hello world, POST /hello", f"{w.rps:,.0f}", *_lat(w),
                              _statuses(w.statuses), _wrk_errors(w), "—", "—", "—", "—", _check(h.passed)))
+    if base.original is not None:
+        o, w = base.original, base.original.wrk
+        rows.append(_row("baseline", "the original's route: Fastify 5 + kafkajs, POST /api/book-async, one "
+                         "producer.send (acks = all), 202", f"{w.rps:,.0f}", *_lat(w), _statuses(w.statuses),
+                         _wrk_errors(w), "—", "—", "—", "—", _check(o.passed)))
+    if base.fastify_flash is not None:
+        ff = base.fastify_flash
+        b = ff.report["burst"]
+        lat = b["latency_ms"]
+        rows.append(_row("baseline", f"flash.py plain: {b['clients']:,} fans, one POST /hello each to the Fastify "
+                         "hello world", f"{b['requests_per_second']:,.0f}", _num(lat["p50"], "", 1),
+                         _num(lat["p99"], "", 1), _num(lat["max"], "", 1), _statuses(b["statuses"]),
+                         _socket_summary(b), "—", "—", "—", f"(flash.py: {b['driver_cpu_burst_seconds']:.1f} s)",
+                         _check(ff.passed)))
     for a in base.admission:
         rows.append(_row("baseline", f"redis-benchmark EVALSHA edge_admit, batch {a.batch}",
                          f"{a.calls_per_second:,.0f} calls/s = {a.admits_per_second:,.0f} admits/s",

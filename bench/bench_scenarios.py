@@ -6,6 +6,9 @@
     booking every 200 ms on its own connection (its latency over time goes to the chart); then the event's
     counts are polled until held + sold covers every 202, and counts, seat map and store are checked.
 (d) browse: wrk GET /api/events/{id}, then GET /api/events/{id}/seats, on a 1,000-seat event.
+(e) book-async: the original's queued route, wrk with bench/book_async.lua (unique user and named seat per
+    request) on a fresh 200,000-seat event; then every booking in the store must leave pending. Compared
+    with the same wrk against bench/fastify_original.js (Fastify + kafkajs, the original as written).
 
 Decision rates come from the store: the bookings' `updated_at` (one timestamp per decided batch).
 """
@@ -39,6 +42,7 @@ class Sizes:
     flash_seats: int = 1_000
     hot_clients: int = 1_000
     intake_seconds: float = 20.0
+    book_async_seconds: float = 20.0
     browse_seconds: float = 10.0
     baseline_seconds: float = 10.0
     pgbench_seconds: float = 10.0
@@ -49,7 +53,8 @@ class Sizes:
     connections: int = 100
 
 
-QUICK = Sizes(flash_clients=1_000, flash_seats=100, hot_clients=200, intake_seconds=5.0, browse_seconds=3.0,
+QUICK = Sizes(flash_clients=1_000, flash_seats=100, hot_clients=200, intake_seconds=5.0, book_async_seconds=5.0,
+              browse_seconds=3.0,
               baseline_seconds=3.0, pgbench_seconds=3.0, pgbench_rows=100_000, redis_requests=2_000,
               profile_seconds=5)
 
@@ -363,3 +368,46 @@ def browse(server: Server, seconds: float, threads: int, connections: int) -> Br
                        threads=threads, connections=connections, duration=seconds)
                for path in (f"/api/events/{event['id']}", f"/api/events/{event['id']}/seats")]
     return BrowseOutcome(*results)
+
+
+# ---------------------------------------------------------------------- (e) book-async
+
+
+@dataclass
+class BookAsyncOutcome:
+    wrk: WrkResult
+    event_id: str
+    timeline: Timeline
+    time_to_decided: float | None  # seconds after wrk ended until no booking of the event was pending
+    checks: dict[str, bool]
+    cpu: list[dict[str, Any]]
+
+    @property
+    def passed(self) -> bool:
+        return all(self.checks.values())
+
+
+def book_async(server: Server, seconds: float, threads: int, connections: int) -> BookAsyncOutcome:
+    """wrk POST /api/book-async (the original's body, unique user and seat per request) on a fresh
+    200,000-seat event; then every booking of the event in the store must be decided (bounded)."""
+    event = create_event(server, f"bench book-async {time.strftime('%H:%M:%S')}", 1000, INTAKE_SEATS // 1000)
+    log(f"{server.spec.name}: (e) book-async for {seconds:g} s on {event['id']}")
+    cpu_before = server.cpu()
+    result = run_wrk(f"{server.spec.name} (e) book-async", server.url, "book_async.lua",
+                     [event["id"], str(INTAKE_SEATS), str(threads)], threads=threads, connections=connections,
+                     duration=seconds)
+    cpu = server.cpu_since(cpu_before)
+    deadline = result.ended_at + DECIDE_BOUND
+    line = timeline(server, event["id"])
+    while (line.pending or line.bookings < result.accepted) and time.time() < deadline:
+        time.sleep(0.5)
+        line = timeline(server, event["id"])
+    done_at = None if line.pending or line.bookings < result.accepted else max(0.0, time.time() - result.ended_at)
+    checks = {
+        "no 5xx": result.server_errors == 0,
+        "no socket errors": result.total_socket_errors == 0,
+        "only 202": result.count(lambda s: s != 202) == 0,
+        "store: every 202 is a booking": line.bookings >= result.accepted,
+        "store: no booking left pending": line.pending == 0,
+    }
+    return BookAsyncOutcome(result, event["id"], line, None if done_at is None else round(done_at, 2), checks, cpu)

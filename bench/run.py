@@ -1,7 +1,7 @@
 """bench: TicketBlitz's benchmark matrix, bounded in time, against servers it starts itself.
 
 For each selected server (on a free 127.0.0.1 port, waited for with /readyz, stopped with SIGTERM and
-required to exit 0) it runs four scenarios and checks the invariants after each:
+required to exit 0) it runs five scenarios (--scenario selects) and checks the invariants after each:
 
   (a) flash sale      bench/flash.py flash --clients 10000 --seats 1000 (10,000 connections open at once;
                       RSS of every server process sampled meanwhile)
@@ -11,6 +11,9 @@ required to exit 0) it runs four scenarios and checks the invariants after each:
                       event's counts are polled (<= 60 s) until held + sold covers every 202, and counts, seat
                       map and store must agree
   (d) browse          wrk GET /api/events/{id}, then GET /api/events/{id}/seats, 1,000-seat event, 10 s each
+  (e) book-async      wrk -t2 -c100 -d20s -s bench/book_async.lua: the original's POST /api/book-async
+                      ({userId, seatNumber, eventId}, a unique user and named seat per request) on a fresh
+                      200,000-seat event; then every booking must leave pending (<= 60 s)
 
 Servers:
   embedded      python -m ticketblitz serve --port P --data-dir <tmp>
@@ -19,8 +22,12 @@ Servers:
                 database, topics and group are removed afterwards
   distributed2  the same with --workers 2
 
-Baselines, measured in the same run (results are ratios on a noisy machine): Fastify 5 hello world
-(bench/fastify_hello.js), the Quart-Trio and bare Trio-door hello worlds (bench/hello.py), all wrk POST;
+Baselines, measured in the same run (results are ratios on a noisy machine; --baseline selects): Fastify 5
+hello world (bench/fastify_hello.js), the Quart-Trio and bare Trio-door hello worlds (bench/hello.py), all
+wrk POST; the original's queued route (bench/fastify_original.js: Fastify 5 + kafkajs, one producer.send
+with acks = all to a topic of its own, bench-original-<hex>, then 202), wrk -s bench/book_async.lua, which
+(e) is a ratio to; the flash burst (bench/flash.py plain, as many fans as (a)) against the Fastify hello
+world, which (a)'s p99 is a ratio to;
 redis-benchmark EVALSHA of the edge admission script (batches of 1 and 256); pgbench of a conditional
 single-row seat claim on a 1,000,000-row copy of the seat table (bench/pgbench_claim.sql).
 
@@ -63,14 +70,25 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bench_baselines import ensure_tools, fastify, hello_door, hello_quart, pgbench, redis_admission
+from bench_baselines import (
+    ensure_tools,
+    fastify,
+    fastify_flash,
+    hello_door,
+    hello_quart,
+    original,
+    pgbench,
+    redis_admission,
+)
 from bench_common import BENCH, COMMANDS, REPO, BenchError, log, raise_nofile
 from bench_profile import Recorder
 from bench_report import Baselines, ServerResult, analysis_notes, chart, machine, markdown, targets, versions
-from bench_scenarios import QUICK, Sizes, browse, flash, intake
+from bench_scenarios import QUICK, Sizes, book_async, browse, flash, intake
 from bench_servers import SPECS, Server, service_urls
 
 FD_MARGIN = 1_000  # descriptors beyond one per fan: poll connections, logs, Kafka/PG/Redis clients
+SCENARIOS = ("flash", "hot", "intake", "browse", "book-async")
+BASELINES = ("fastify", "quart", "door", "original", "fastify-flash", "admission", "pgbench")
 
 
 def git(*args: str) -> str:
@@ -79,9 +97,11 @@ def git(*args: str) -> str:
     return done.stdout
 
 
-def run_baselines(sizes: Sizes, urls: dict[str, str]) -> Baselines:
-    """Fastify, both hello-world doors, the Redis admission script and pgbench; a failing one is recorded
-    (and fails the run) without stopping the others."""
+def run_baselines(sizes: Sizes, urls: dict[str, str], workdir: Path,
+                  selected: tuple[str, ...] = BASELINES) -> Baselines:
+    """Fastify, both hello-world doors, the original's queued route, the flash burst against Fastify, the
+    Redis admission script and pgbench (those `selected`); a failing one is recorded (and fails the run)
+    without stopping the others."""
     base = Baselines()
     wrk = (sizes.baseline_seconds, sizes.threads, sizes.connections)
 
@@ -93,28 +113,44 @@ def run_baselines(sizes: Sizes, urls: dict[str, str]) -> Baselines:
             base.errors.append(f"{name}: {exc}")
             return None
 
-    base.fastify = attempt("fastify", lambda: fastify(*wrk))
-    base.quart = attempt("quart-trio", lambda: hello_quart(*wrk))
-    base.door = attempt("trio-door", lambda: hello_door(*wrk))
-    batches = {1: sizes.redis_requests, 256: max(50, sizes.redis_requests // 50)}
-    base.admission = attempt("redis admission", lambda: redis_admission(urls, batches)) or []
-    base.pgbench = attempt("pgbench", lambda: pgbench(urls, sizes.pgbench_rows, sizes.pgbench_seconds))
+    if "fastify" in selected:
+        base.fastify = attempt("fastify", lambda: fastify(*wrk))
+    if "quart" in selected:
+        base.quart = attempt("quart-trio", lambda: hello_quart(*wrk))
+    if "door" in selected:
+        base.door = attempt("trio-door", lambda: hello_door(*wrk))
+    if "original" in selected:
+        base.original = attempt("fastify-original", lambda: original(urls, sizes.book_async_seconds, sizes.threads,
+                                                                      sizes.connections))
+    if "fastify-flash" in selected:
+        base.fastify_flash = attempt("fastify-flash", lambda: fastify_flash(sizes.flash_clients, workdir))
+    if "admission" in selected:
+        batches = {1: sizes.redis_requests, 256: max(50, sizes.redis_requests // 50)}
+        base.admission = attempt("redis admission", lambda: redis_admission(urls, batches)) or []
+    if "pgbench" in selected:
+        base.pgbench = attempt("pgbench", lambda: pgbench(urls, sizes.pgbench_rows, sizes.pgbench_seconds))
     return base
 
 
 def run_server(name: str, sizes: Sizes, urls: dict[str, str] | None, workdir: Path, out: Path,
-               stem: str, profile: bool) -> ServerResult:
-    """Start one server, run (a)-(d) (and the profile run for the embedded one), stop it."""
+               stem: str, profile: bool, scenarios: tuple[str, ...] = SCENARIOS) -> ServerResult:
+    """Start one server, run the selected of (a)-(e) (and the profile run for the embedded one), stop it."""
     spec = SPECS[name]
     result = ServerResult(spec)
     server = Server(spec, urls, workdir)
     try:
         server.start()
         result.command = server.command
-        result.flash = flash(server, "flash", sizes.flash_clients, sizes.flash_seats, workdir)
-        result.hot = flash(server, "hot", sizes.hot_clients, 100, workdir)
-        result.intake = intake(server, sizes.intake_seconds, sizes.threads, sizes.connections)
-        result.browse = browse(server, sizes.browse_seconds, sizes.threads, sizes.connections)
+        if "flash" in scenarios:
+            result.flash = flash(server, "flash", sizes.flash_clients, sizes.flash_seats, workdir)
+        if "hot" in scenarios:
+            result.hot = flash(server, "hot", sizes.hot_clients, 100, workdir)
+        if "intake" in scenarios:
+            result.intake = intake(server, sizes.intake_seconds, sizes.threads, sizes.connections)
+        if "browse" in scenarios:
+            result.browse = browse(server, sizes.browse_seconds, sizes.threads, sizes.connections)
+        if "book-async" in scenarios:
+            result.book_async = book_async(server, sizes.book_async_seconds, sizes.threads, sizes.connections)
         if profile:
             recorder = Recorder(server.pid, sizes.profile_seconds, out / f"{stem}-profile.svg",
                                 workdir / f"{stem}-profile.txt")
@@ -142,8 +178,15 @@ def parser() -> argparse.ArgumentParser:
                         "pgbench on 100,000 rows, profile 5 s (about 2 minutes)")
     p.add_argument("--out", type=Path, default=BENCH / "results",
                    help="directory for <UTC date>-<commit>.md/.png/.json/-profile.svg (default bench/results)")
+    p.add_argument("--scenario", action="append", choices=SCENARIOS, metavar="{" + ",".join(SCENARIOS) + "}",
+                   help="run only this scenario against each server (repeatable); default: all five")
+    p.add_argument("--baseline", action="append", choices=BASELINES, metavar="{" + ",".join(BASELINES) + "}",
+                   help="run only this baseline (repeatable); default: all. original = bench/fastify_original.js "
+                        "(the ratio of (e)), fastify-flash = flash.py plain against the Fastify hello (the ratio "
+                        "of (a)'s p99)")
     p.add_argument("--no-baselines", action="store_true",
-                   help="skip Fastify, hello worlds, redis-benchmark and pgbench (ratios become n/a)")
+                   help="skip Fastify, hello worlds, the original's route, redis-benchmark and pgbench "
+                        "(ratios become n/a)")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy run of the embedded server")
     p.add_argument("--keep-workdir", action="store_true",
                    help="keep the temporary directory with server logs and flash.py JSON reports")
@@ -154,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     names = [n for n in SPECS if n in (args.only or list(SPECS))]
+    scenarios = tuple(s for s in SCENARIOS if s in (args.scenario or SCENARIOS))
+    baselines = () if args.no_baselines else tuple(b for b in BASELINES if b in (args.baseline or BASELINES))
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     commit = git("rev-parse", "--short", "HEAD").strip() or "nocommit"
     dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
@@ -164,24 +209,25 @@ def main(argv: list[str] | None = None) -> int:
         if hard < sizes.flash_clients + FD_MARGIN:
             raise BenchError(f"RLIMIT_NOFILE hard limit {hard} < {sizes.flash_clients + FD_MARGIN} (ulimit -Hn)")
         out.mkdir(parents=True, exist_ok=True)
-        ensure_tools(need_node=not args.no_baselines)
-        needs_services = not args.no_baselines or any(SPECS[n].distributed for n in names)
+        ensure_tools(need_node=bool({"fastify", "original", "fastify-flash"} & set(baselines)))
+        needs_services = bool(baselines) or any(SPECS[n].distributed for n in names)
         urls = service_urls() if needs_services else None
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    profile = "embedded" in names and not args.no_profile
+    profile = "embedded" in names and not args.no_profile and "intake" in scenarios
 
     workdir = Path(tempfile.mkdtemp(prefix="tb-bench-"))
     log(f"results: {out}/{stem}.*  work dir: {workdir}")
     servers: dict[str, ServerResult] = {}
     base = Baselines()
     try:
-        if not args.no_baselines:
+        if baselines:
             assert urls is not None
-            base = run_baselines(sizes, urls)
+            base = run_baselines(sizes, urls, workdir, baselines)
         for name in names:
-            servers[name] = run_server(name, sizes, urls, workdir, out, stem, profile and name == "embedded")
+            servers[name] = run_server(name, sizes, urls, workdir, out, stem, profile and name == "embedded",
+                                       scenarios)
     finally:
         if not args.keep_workdir:
             import shutil

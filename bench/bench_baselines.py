@@ -393,6 +393,8 @@ def pgbench(urls: dict[str, str], rows: int, seconds: float, clients: int = 8, j
 
 
 def kafka_version() -> str:
-    jars = sorted(Path(REPO / ".services" / "kafka" / "libs").glob("kafka_*.jar"))
+    services = Path(os.environ.get("TB_SERVICES_DIR") or REPO / ".services")  # as scripts/services.sh reads it
+    libs = (services if services.is_absolute() else REPO / services) / "kafka" / "libs"
+    jars = sorted(libs.glob("kafka_*.jar"))
     match = re.match(r"kafka_([\d.]+)-(.+)\.jar", jars[0].name) if jars else None
     return f"{match.group(2)} (Scala {match.group(1)}, {jars[0].name})" if match else "unknown"

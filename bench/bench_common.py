@@ -36,11 +36,39 @@ class BenchError(RuntimeError):
 # ---------------------------------------------------------------------- small utilities
 
 
+_handed_out: set[int] = set()
+
+
+def port_range(text: str | None) -> range | None:
+    """`TB_BENCH_PORTS=LOW-HIGH` (inclusive), for a machine shared with others; None when unset."""
+    if not text:
+        return None
+    low, _, high = text.partition("-")
+    first, last = int(low), int(high or low)
+    if not 1024 <= first <= last <= 65535:
+        raise BenchError(f"TB_BENCH_PORTS={text!r}: give LOW-HIGH within 1024-65535")
+    return range(first, last + 1)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now: any (the kernel's choice), or with
+    TB_BENCH_PORTS=LOW-HIGH one of that range not handed out before in this run."""
+    ports = port_range(os.environ.get("TB_BENCH_PORTS"))
+    if ports is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((HOST, 0))
+            return int(sock.getsockname()[1])
+    for port in ports:
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise BenchError(f"no free port left in TB_BENCH_PORTS={os.environ['TB_BENCH_PORTS']}")
 
 
 def raise_nofile() -> int:

@@ -40,7 +40,8 @@ Targets (reported PASS/MISS; a MISS does not fail the run):
   embedded 1-proc intake (c) >= 1.0 x Fastify POST; distributed 2-proc intake >= 0.6 x Fastify and
   >= 5,000 req/s; flash (a): 10,000 answered without socket errors, all decided <= 3 s after the last
   request (server's last updated_at), p99 <= 250 ms, oversold 0; decisions/s >= 0.5 x pgbench tps;
-  <= 200 MB RSS per server process at 10,000 connections.
+  <= 200 MB RSS per server process at 10,000 connections; (e) >= 1.0 x the original's route
+  (fastify_original.js); (a) p99 <= 1.0 x the Fastify hello's p99 under flash.py plain.
 
 Output: bench/results/<UTC date>-<short commit>.md (machine, versions, targets, results, notes, chart,
 profile, server log errors and warnings, the exact commands), <same>.png (throughput, decisions/s and probe

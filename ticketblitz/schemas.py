@@ -118,6 +118,42 @@ class WaitQuery(BaseModel):
         default=None, description="long-poll up to N seconds (0..30); empty or absent: answer at once")
 
 
+class SeatMapQuery(BaseModel):
+    form: Literal["api", "compact", ""] | None = Field(
+        default=None, description="`api` (the default): every seat as an object; `compact` (a project extension): "
+                                  "per section one status character per seat (`a`, `h`, `s`), row after row")
+
+
+class SeatMapHeaders(BaseModel):
+    if_none_match: str | None = Field(
+        default=None, alias="If-None-Match",
+        description="the ETag of a map read before: `304` without a body while the map is unchanged")
+    accept_encoding: str | None = Field(default=None, alias="Accept-Encoding",
+                                        description="`gzip`: the body is sent gzip-encoded")
+
+
+class SeatMapAnswerHeaders(BaseModel):
+    etag: str = Field(alias="ETag", description="strong entity tag of this map (and encoding)")
+    cache_control: Literal["no-cache"] = Field(alias="Cache-Control",
+                                               description="stored copies are revalidated before use")
+    vary: str = Field(alias="Vary", description="Accept-Encoding")
+
+
+class CompactSectionOut(BaseModel):
+    name: str
+    rows: int
+    seats_per_row: int
+    status: str = Field(description="rows x seats_per_row characters, row after row: a available, h held, s sold")
+
+
+class CompactSeatsOut(BaseModel):
+    """The seat map with `?form=compact` (a project extension)."""
+
+    event_id: str
+    form: Literal["compact"]
+    sections: list[CompactSectionOut]
+
+
 class CompatEventQuery(BaseModel):
     eventId: str | None = Field(default=None, description="defaults to the demo event, else the newest")
 

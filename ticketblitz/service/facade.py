@@ -28,7 +28,7 @@ from .catalog import EventCatalog
 from .decider import Decider, store_outcome, unlock
 from .followups import EdgeFollowUps
 from .keys import SecretIssuer
-from .seatmaps import SeatMaps
+from .seatmaps import SeatMap, SeatMaps
 from .sweeper import HoldSweeper
 from .waiters import Waiters
 
@@ -150,6 +150,14 @@ class BookingService:
         if document is None:
             raise NotFound(f"event {event_id} does not exist")
         return document
+
+    async def seat_map_of(self, event_id: str, form: str = "api") -> SeatMap:
+        """The seat map with its ETag and gzip encoding (form "api", "compat" or "compact"), at most one
+        build stale; NotFound for an unknown event."""
+        seat_map = await self.seat_maps.get(event_id, form)
+        if seat_map is None:
+            raise NotFound(f"event {event_id} does not exist")
+        return seat_map
 
     async def first_available_seat(self, event_id: str) -> Seat | None:
         await self.catalog.known(event_id)

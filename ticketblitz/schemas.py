@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 from pydantic.config import JsonDict
 
 from .domain.errors import InvalidRequest, MalformedRequest
@@ -132,13 +132,6 @@ class SeatMapHeaders(BaseModel):
                                         description="`gzip`: the body is sent gzip-encoded")
 
 
-class SeatMapAnswerHeaders(BaseModel):
-    etag: str = Field(alias="ETag", description="strong entity tag of this map (and encoding)")
-    cache_control: Literal["no-cache"] = Field(alias="Cache-Control",
-                                               description="stored copies are revalidated before use")
-    vary: str = Field(alias="Vary", description="Accept-Encoding")
-
-
 class CompactSectionOut(BaseModel):
     name: str
     rows: int
@@ -207,6 +200,10 @@ class SeatOut(BaseModel):
 class SeatsOut(BaseModel):
     event_id: str
     seats: list[SeatOut]
+
+
+class SeatMapOut(RootModel[SeatsOut | CompactSeatsOut]):
+    """The seat map: every seat as an object, or with `?form=compact` one character per seat per section."""
 
 
 class BookingOut(BaseModel):

@@ -57,10 +57,9 @@ from ..schemas import (
     NewBookingOut,
     ReadyOut,
     ReadyProblem,
-    SeatMapAnswerHeaders,
     SeatMapHeaders,
+    SeatMapOut,
     SeatMapQuery,
-    SeatsOut,
     StatusOut,
     WaitQuery,
     parse_body,
@@ -273,7 +272,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @tag(["events"])
     @document_querystring(SeatMapQuery)
     @document_headers(SeatMapHeaders)
-    @document_response(SeatsOut, 200, SeatMapAnswerHeaders)
+    @document_response(SeatMapOut)
     @problems(404, 422, 503)
     async def get_seats(event_id: str) -> Response:
         """The event's seat map with each seat's status, at most one tick stale (see the README).

@@ -4,7 +4,7 @@ parameters, query) → Reply, so that the lean Trio door and the Quart app answe
 - `GET /api/events/{id}/seats[?form=api|compact]`: the SeatMaps cache's bytes, at most one tick stale,
   with a strong `ETag`, `304` on a matching `If-None-Match`, `Cache-Control: no-cache` (a refreshing page
   revalidates) and the gzip encoding (compressed once per build) when `Accept-Encoding` allows it;
-- `GET /api/events/{id}`: the event with its counts;
+- `GET /api/events/{id}`: the event with its counts, kept like the seat maps (at most one tick stale);
 - `GET /api/bookings/{id}` without `?wait` (the long poll stays with Quart): the booking, for the holder
   of its secret or the admin token (`401` without a credential, `404` with a wrong one).
 
@@ -22,7 +22,7 @@ import orjson
 
 from .domain.errors import BookingError, InvalidRequest
 from .policy import API_HEADERS, bearer, cors_headers
-from .representation import booking_json, event_json, problem, problem_of
+from .representation import booking_json, problem, problem_of
 from .service import BookingService
 
 log = logging.getLogger("ticketblitz.reads")
@@ -114,7 +114,7 @@ async def seats(service: BookingService, headers: Mapping[str, str], event_id: s
 
 async def event(service: BookingService, headers: Mapping[str, str], event_id: str, query: str = "") -> Reply:
     """GET /api/events/{event_id}."""
-    return Reply(200, orjson.dumps(event_json(await service.event(event_id))))
+    return Reply(200, await service.event_document(event_id))
 
 
 async def booking(service: BookingService, headers: Mapping[str, str], booking_id: str, query: str = "") -> Reply:

@@ -129,6 +129,7 @@ class BookingService:
     # ================================================================== events
     async def create_event(self, event: Event) -> Event:
         created = await self.store.create_event(event)
+        self.seat_maps.changed(created.id)  # (a read of the id before it existed may be kept)
         self.catalog.remember(created)
         await self.admission.add_event(created.id, created.capacity, created.max_per_user)
         self.telemetry.publish("event", event_id=created.id, name=created.name, capacity=created.capacity)
@@ -140,6 +141,14 @@ class BookingService:
         if event is None:
             raise NotFound(f"event {event_id} does not exist")
         return event
+
+    async def event_document(self, event_id: str) -> bytes:
+        """The event's JSON document (API.md), kept like the seat maps: at most one tick stale for changes
+        made by other processes, fresh for this one's; NotFound for an unknown event."""
+        document = await self.seat_maps.get(event_id, "event")
+        if document is None:
+            raise NotFound(f"event {event_id} does not exist")
+        return document.body
 
     async def events(self) -> list[Event]:
         return await self.store.list_events()

@@ -8,7 +8,8 @@ thread), never per request: a strong `ETag` from the bytes (the same bytes give 
 process, across rebuilds) and the gzip encoding of the bytes.
 
 Forms: `api` and `compat` are built by the store; `compact` (one status character per seat per section,
-a project extension) is derived here from the `api` document."""
+a project extension) is derived here from the `api` document; `event` is the event's own document (its
+counts change exactly when its seats do, so it is kept and invalidated the same way)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ import orjson
 import trio
 
 from ..ports import Store
+from ..representation import event_json
 
 MAX_ENTRIES = 16  # documents kept (a 200,000-seat map is ~15 MB of JSON)
-FORMS = frozenset({"api", "compat", "compact"})
+FORMS = frozenset({"api", "compat", "compact", "event"})
 STATUS_CHARS = {"available": "a", "held": "h", "sold": "s"}
 GZIP_LEVEL = 6  # ~7 ms for the 727 KB map of 10,000 seats (to 54 KB), once per build, in a thread
 
@@ -142,7 +144,11 @@ class SeatMaps:
     async def _build(self, event_id: str, form: str) -> SeatMap | None:
         if form not in FORMS:
             raise KeyError(form)  # a caller's bug, not a request's
-        body = await self._store.seat_map_json(event_id, "api" if form == "compact" else form)
+        if form == "event":
+            event = await self._store.get_event(event_id)
+            body = orjson.dumps(event_json(event)) if event is not None else None
+        else:
+            body = await self._store.seat_map_json(event_id, "api" if form == "compact" else form)
         if body is None:
             return None
 

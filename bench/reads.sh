@@ -49,3 +49,19 @@ if [ -n "$etag" ]; then run "seats 304" /api/events/evt_demo/seats -H "If-None-M
 run "seats compact" '/api/events/evt_demo/seats?form=compact'
 run "seats compact gzip" '/api/events/evt_demo/seats?form=compact' -H 'Accept-Encoding: gzip'
 run "booking" "/api/bookings/$booking_id" -H "Authorization: Bearer $secret"
+if [ "${FASTIFY:-}" = 1 ] && [ -e "$here/bench/.node/node_modules/fastify/package.json" ]; then
+    # the same bytes from Fastify's memory, same wrk, same machine (npm install --prefix bench/.node fastify@5)
+    curl -s "$url/api/events/evt_demo/seats" -o "$data/seats.json"
+    curl -s -H 'Accept-Encoding: gzip' "$url/api/events/evt_demo/seats" -o "$data/seats.json.gz"
+    kill $server; wait $server 2>/dev/null || true
+    for kind in plain gzip; do
+        file=$data/seats.json; [ $kind = gzip ] && file=$data/seats.json.gz
+        node "$here/bench/fastify_bytes.js" $((port + 1)) "$file" "$([ $kind = gzip ] && echo gzip)" >/dev/null &
+        fastify=$!
+        for _ in $(seq 50); do curl -sf "http://127.0.0.1:$((port + 1))/hello" >/dev/null && break; sleep 0.1; done
+        url=http://127.0.0.1:$((port + 1))
+        [ $kind = plain ] && run "fastify hello GET" /hello
+        run "fastify seats $kind" /bytes
+        kill $fastify; wait $fastify 2>/dev/null || true
+    done
+fi

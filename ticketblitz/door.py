@@ -43,6 +43,7 @@ from .service import BookingService
 log = logging.getLogger("ticketblitz.door")
 
 READ_SIZE = 65536
+LARGE_BODY = 65536  # an answer body over this is sent after its head, not copied into one bytes object
 BOOKINGS_PREFIX = "/api/events/"
 BOOKINGS_SUFFIX = "/bookings"
 # accept(2) errors that mean "out of descriptors or kernel memory for now" (trio.serve_listeners)
@@ -353,10 +354,13 @@ class _Connection:
             reply = await reads.answer(read_handler, door.service, headers, param, request.query)
             door.service.telemetry.record_request(reply.status, time.perf_counter() - clock, name)
             keep_alive = keep_alive and not door.closing.is_set()
+            large = len(reply.body) > LARGE_BODY
             await self.stream.send_all(serialize(
                 reply.status, reply.content_type,
                 reads.finish(reply, door.service.settings.cors_origin_set, headers.get("origin")),
-                reply.body, keep_alive=keep_alive, http10=request.version == "1.0"))
+                reply.body, keep_alive=keep_alive, http10=request.version == "1.0", head_only=large))
+            if large and reply.status != 304:
+                await self.stream.send_all(reply.body)  # the cached bytes themselves, not a copy
             return keep_alive
         if request.form is TargetForm.ASTERISK:  # OPTIONS *: what the server as a whole allows
             door.service.telemetry.record_request(204, 0.0, "OPTIONS *")

@@ -6,7 +6,7 @@ import { FlashSale } from "./flash.js";
 import { EventLog, seatsOf } from "./log.js";
 import { Pipeline } from "./pipeline.js";
 import { setupRace } from "./race.js";
-import { SeatMap, STATUSES } from "./seatmap.js";
+import { SeatMap, STATUSES, expandCompact } from "./seatmap.js";
 import { StatsReader } from "./stats.js";
 
 const $ = (id) => document.getElementById(id);
@@ -103,9 +103,9 @@ async function loadSeats() {
   const id = state.selected;
   state.pendingSeats = [];
   const run = (async () => {
-    const r = await getJSON(`/api/events/${encodeURIComponent(id)}/seats`);
+    const r = await getJSON(`/api/events/${encodeURIComponent(id)}/seats?form=compact`);
     if (r.status !== 200 || id !== state.selected) return;
-    seatMap.load(id, r.body.seats);
+    seatMap.load(id, expandCompact(r.body.sections));
     for (const f of state.pendingSeats) if (f.event_id === id) seatMap.apply(seatsOf(f), f.status);
     state.pendingSeats = [];
     showCounts();

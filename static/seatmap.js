@@ -18,6 +18,23 @@ function cssColour(name) {
   return { css: hex, rgb: [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)) };
 }
 
+const COMPACT = { a: "available", h: "held", s: "sold" };
+
+/** The seats of a compact seat map (`GET /api/events/{id}/seats?form=compact`, about 10 KB for 10,000
+ * seats): per section one status character per seat, row after row, as the objects of the full form. */
+export function expandCompact(sections) {
+  const seats = [];
+  for (const s of sections) {
+    for (let row = 1; row <= s.rows; row++) {
+      for (let number = 1; number <= s.seats_per_row; number++) {
+        const status = COMPACT[s.status[(row - 1) * s.seats_per_row + number - 1]] ?? "sold";
+        seats.push({ id: `${s.name}-${row}-${number}`, section: s.name, row, number, status });
+      }
+    }
+  }
+  return seats;
+}
+
 export class SeatMap {
   constructor(canvas, tip, hoverLine) {
     this.canvas = canvas;

@@ -33,7 +33,7 @@ from http import HTTPStatus
 import orjson
 import trio
 
-from . import intake
+from . import intake, reads
 from .http import CLOSED, END, NEED_DATA, Data, Limits, Phase, Refusal, Request, ServerConnection, TargetForm, serialize
 from .http.core import ASTERISK_ANSWER, CONTINUE
 from .http.relay import ResponseFraming, upstream_request
@@ -43,6 +43,7 @@ from .service import BookingService
 log = logging.getLogger("ticketblitz.door")
 
 READ_SIZE = 65536
+LARGE_BODY = 65536  # an answer body over this is sent after its head, not copied into one bytes object
 BOOKINGS_PREFIX = "/api/events/"
 BOOKINGS_SUFFIX = "/bookings"
 # accept(2) errors that mean "out of descriptors or kernel memory for now" (trio.serve_listeners)
@@ -72,6 +73,33 @@ def _route(method: str, path: str) -> Route | None:
         event_id = path[len(BOOKINGS_PREFIX):-len(BOOKINGS_SUFFIX)]
         if event_id and "/" not in event_id:
             return intake.create_booking, (event_id,)
+    return None
+
+
+EVENTS_PREFIX = "/api/events/"
+SEATS_SUFFIX = "/seats"
+BOOKING_PREFIX = "/api/bookings/"
+ReadRoute = tuple[reads.Read, str, str]  # the read, its path parameter, its name in telemetry
+
+
+def _read_route(request: Request) -> ReadRoute | None:
+    """The read this door answers itself (GET of an event, its seat map, a booking without ?wait); None
+    for everything else (HEAD, websocket handshakes and long polls are relayed)."""
+    if request.method != "GET" or request.upgrade is not None:
+        return None
+    path = request.path
+    if path.startswith(EVENTS_PREFIX):
+        rest = path[len(EVENTS_PREFIX):]
+        if rest.endswith(SEATS_SUFFIX):
+            event_id = rest[:-len(SEATS_SUFFIX)]
+            if event_id and "/" not in event_id:
+                return reads.seats, event_id, "GET /api/events/{id}/seats"
+        elif rest and "/" not in rest:
+            return reads.event, rest, "GET /api/events/{id}"
+    elif path.startswith(BOOKING_PREFIX):
+        booking_id = path[len(BOOKING_PREFIX):]
+        if booking_id and "/" not in booking_id and reads.query_value(request.query, "wait") is None:
+            return reads.booking, booking_id, "GET /api/bookings/{id}"
     return None
 
 
@@ -317,6 +345,22 @@ class _Connection:
             await self.stream.send_all(serialize(answer.status, answer.content_type, answer.headers,
                                                  orjson.dumps(answer.body), keep_alive=keep_alive,
                                                  http10=request.version == "1.0"))
+            return keep_alive
+        read = _read_route(request)
+        if read is not None:
+            clock = time.perf_counter()
+            read_handler, param, name = read
+            headers = request.headers
+            reply = await reads.answer(read_handler, door.service, headers, param, request.query)
+            door.service.telemetry.record_request(reply.status, time.perf_counter() - clock, name)
+            keep_alive = keep_alive and not door.closing.is_set()
+            large = len(reply.body) > LARGE_BODY
+            await self.stream.send_all(serialize(
+                reply.status, reply.content_type,
+                reads.finish(reply, door.service.settings.cors_origin_set, headers.get("origin")),
+                reply.body, keep_alive=keep_alive, http10=request.version == "1.0", head_only=large))
+            if large and reply.status != 304:
+                await self.stream.send_all(reply.body)  # the cached bytes themselves, not a copy
             return keep_alive
         if request.form is TargetForm.ASTERISK:  # OPTIONS *: what the server as a whole allows
             door.service.telemetry.record_request(204, 0.0, "OPTIONS *")

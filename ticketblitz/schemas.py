@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 from pydantic.config import JsonDict
 
 from .domain.errors import InvalidRequest, MalformedRequest
@@ -118,6 +118,35 @@ class WaitQuery(BaseModel):
         default=None, description="long-poll up to N seconds (0..30); empty or absent: answer at once")
 
 
+class SeatMapQuery(BaseModel):
+    form: Literal["api", "compact", ""] | None = Field(
+        default=None, description="`api` (the default): every seat as an object; `compact` (a project extension): "
+                                  "per section one status character per seat (`a`, `h`, `s`), row after row")
+
+
+class SeatMapHeaders(BaseModel):
+    if_none_match: str | None = Field(
+        default=None, alias="If-None-Match",
+        description="the ETag of a map read before: `304` without a body while the map is unchanged")
+    accept_encoding: str | None = Field(default=None, alias="Accept-Encoding",
+                                        description="`gzip`: the body is sent gzip-encoded")
+
+
+class CompactSectionOut(BaseModel):
+    name: str
+    rows: int
+    seats_per_row: int
+    status: str = Field(description="rows x seats_per_row characters, row after row: a available, h held, s sold")
+
+
+class CompactSeatsOut(BaseModel):
+    """The seat map with `?form=compact` (a project extension)."""
+
+    event_id: str
+    form: Literal["compact"]
+    sections: list[CompactSectionOut]
+
+
 class CompatEventQuery(BaseModel):
     eventId: str | None = Field(default=None, description="defaults to the demo event, else the newest")
 
@@ -171,6 +200,10 @@ class SeatOut(BaseModel):
 class SeatsOut(BaseModel):
     event_id: str
     seats: list[SeatOut]
+
+
+class SeatMapOut(RootModel[SeatsOut | CompactSeatsOut]):
+    """The seat map: every seat as an object, or with `?form=compact` one character per seat per section."""
 
 
 class BookingOut(BaseModel):

@@ -528,12 +528,13 @@ _UNSAFE_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def serialize(status: int, content_type: str | None, headers: Mapping[str, str] | Iterable[tuple[str, str]],
-              body: bytes, *, keep_alive: bool, http10: bool = False) -> bytes:
+              body: bytes, *, keep_alive: bool, http10: bool = False, head_only: bool = False) -> bytes:
     """An answer's bytes: status line, Content-Type and Content-Length, the headers, the body.
 
     `connection: close` when the connection ends after it (`keep-alive` for an HTTP/1.0 client that
     keeps it). 1xx, 204 and 304 answers carry no body and no Content-Length. Header values with control
-    characters are cleaned rather than sent (no answer splitting)."""
+    characters are cleaned rather than sent (no answer splitting). With `head_only` the body's bytes are
+    left out (the caller sends them after the head: no copy of a large body)."""
     head = [STATUS_LINES.get(status) or f"HTTP/1.1 {status} \r\n".encode()]
     no_body = status < 200 or status in (204, 304)
     if content_type and not no_body:
@@ -549,6 +550,6 @@ def serialize(status: int, content_type: str | None, headers: Mapping[str, str] 
     elif http10:
         head.append(b"connection: keep-alive\r\n")
     head.append(b"\r\n")
-    if not no_body:
+    if not no_body and not head_only:
         head.append(body)
     return b"".join(head)

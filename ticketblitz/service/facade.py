@@ -28,7 +28,7 @@ from .catalog import EventCatalog
 from .decider import Decider, store_outcome, unlock
 from .followups import EdgeFollowUps
 from .keys import SecretIssuer
-from .seatmaps import SeatMaps
+from .seatmaps import SeatMap, SeatMaps
 from .sweeper import HoldSweeper
 from .waiters import Waiters
 
@@ -129,6 +129,7 @@ class BookingService:
     # ================================================================== events
     async def create_event(self, event: Event) -> Event:
         created = await self.store.create_event(event)
+        self.seat_maps.changed(created.id)  # (a read of the id before it existed may be kept)
         self.catalog.remember(created)
         await self.admission.add_event(created.id, created.capacity, created.max_per_user)
         self.telemetry.publish("event", event_id=created.id, name=created.name, capacity=created.capacity)
@@ -141,6 +142,14 @@ class BookingService:
             raise NotFound(f"event {event_id} does not exist")
         return event
 
+    async def event_document(self, event_id: str) -> bytes:
+        """The event's JSON document (API.md), kept like the seat maps: at most one tick stale for changes
+        made by other processes, fresh for this one's; NotFound for an unknown event."""
+        document = await self.seat_maps.get(event_id, "event")
+        if document is None:
+            raise NotFound(f"event {event_id} does not exist")
+        return document.body
+
     async def events(self) -> list[Event]:
         return await self.store.list_events()
 
@@ -150,6 +159,14 @@ class BookingService:
         if document is None:
             raise NotFound(f"event {event_id} does not exist")
         return document
+
+    async def seat_map_of(self, event_id: str, form: str = "api") -> SeatMap:
+        """The seat map with its ETag and gzip encoding (form "api", "compat" or "compact"), at most one
+        build stale; NotFound for an unknown event."""
+        seat_map = await self.seat_maps.get(event_id, form)
+        if seat_map is None:
+            raise NotFound(f"event {event_id} does not exist")
+        return seat_map
 
     async def first_available_seat(self, event_id: str) -> Seat | None:
         await self.catalog.known(event_id)

@@ -26,7 +26,7 @@ from quart_schema import (
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, NotFound
 
-from .. import intake
+from .. import intake, reads
 from ..domain.errors import BookingError, Forbidden, SoldOut, Unauthorized
 from ..domain.ownership import is_token
 from ..policy import API_HEADERS, PAGE_HEADERS, bearer, check_json_body, cors_headers
@@ -57,7 +57,9 @@ from ..schemas import (
     NewBookingOut,
     ReadyOut,
     ReadyProblem,
-    SeatsOut,
+    SeatMapHeaders,
+    SeatMapOut,
+    SeatMapQuery,
     StatusOut,
     WaitQuery,
     parse_body,
@@ -171,6 +173,8 @@ def create_app(service: BookingService) -> QuartTrio:
             response.headers.setdefault(name, value)
         for name, value in cors_headers(settings.cors_origin_set, request.headers.get("Origin"),
                                         preflight=request.method == "OPTIONS").items():
+            if name == "Vary":  # the seat map varies by Accept-Encoding already
+                value = reads.merge_vary(response.headers.get("Vary"), value)
             response.headers[name] = value
         return response
 
@@ -217,6 +221,17 @@ def create_app(service: BookingService) -> QuartTrio:
         check_json_body(request.headers.get("Content-Type"))
         return parse_body(model, await raw_body())
 
+    async def read_response(read: reads.Read, param: str) -> Response:
+        """The hot reads answer through `ticketblitz.reads`, like the Trio-native door."""
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        reply = await reads.answer(read, service, headers, param, request.query_string.decode("latin-1"))
+        response = Response(reply.body, status=reply.status, headers=reply.headers)
+        if reply.content_type is None:
+            del response.headers["Content-Type"]
+        else:
+            response.content_type = reply.content_type
+        return response
+
     async def intake_response(route: Any, *path_args: str) -> Response:
         """The intake routes answer through `ticketblitz.intake`, like the Trio-native door."""
         call = intake.Call({k.lower(): v for k, v in request.headers.items()}, await raw_body())
@@ -251,15 +266,23 @@ def create_app(service: BookingService) -> QuartTrio:
     @problems(404, 503)
     async def get_event(event_id: str) -> Response:
         """One event with its counts."""
-        return json_response(event_json(await service.event(event_id)))
+        return await read_response(reads.event, event_id)
 
     @app.get("/api/events/<event_id>/seats")
     @tag(["events"])
-    @document_response(SeatsOut)
-    @problems(404, 503)
+    @document_querystring(SeatMapQuery)
+    @document_headers(SeatMapHeaders)
+    @document_response(SeatMapOut)
+    @problems(404, 422, 503)
     async def get_seats(event_id: str) -> Response:
-        """The event's seat map with each seat's status (at most one build stale: see the README)."""
-        return Response(await service.seat_map(event_id, "api"), content_type="application/json")
+        """The event's seat map with each seat's status, at most one tick stale (see the README).
+
+        Answers carry a strong `ETag` and `Cache-Control: no-cache`: a repeat with `If-None-Match` gets
+        `304` without a body while the map is unchanged. With `Accept-Encoding: gzip` the body is gzip
+        (`Vary: Accept-Encoding`). `?form=compact` (a project extension) answers a much smaller document:
+        per section its `name`, `rows`, `seats_per_row` and `status`, one character per seat row after row
+        (`a` available, `h` held, `s` sold): `{"event_id", "form": "compact", "sections": [...]}`."""
+        return await read_response(reads.seats, event_id)
 
     # ------------------------------------------------------------------ bookings
     @app.post("/api/events/<event_id>/bookings")
@@ -282,6 +305,8 @@ def create_app(service: BookingService) -> QuartTrio:
     @problems(401, 404, 422, 429, 503)
     async def get_booking(booking_id: str) -> Response:
         """A booking; `?wait=N` long-polls up to N seconds until it leaves `pending`."""
+        if "wait" not in request.args:
+            return await read_response(reads.booking, booking_id)
         wait = parse_wait(request.args.get("wait"))
         return json_response(booking_json(await service.booking(booking_id, credential(), wait)))
 

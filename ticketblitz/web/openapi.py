@@ -140,11 +140,35 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
             if body is not None:
                 body["required"] = True
                 body.setdefault("description", JSON_BODY_NOTE)
-            operation["responses"] = {str(status): response for status, response in
-                                      sorted(operation["responses"].items(), key=lambda item: int(item[0]))}
+            responses = {str(status): response for status, response in operation["responses"].items()}
+            for status, extra in EXTRA_RESPONSES.get((path, method), {}).items():
+                response = responses.setdefault(status, {})
+                for name, value in copy.deepcopy(extra).items():
+                    if isinstance(value, dict):
+                        response.setdefault(name, {}).update(value)
+                    else:
+                        response[name] = value
+            operation["responses"] = dict(sorted(responses.items(), key=lambda item: int(item[0])))
             for status, response in operation["responses"].items():
                 _finish_response(int(status), response, schemas)
     return document
+
+
+# the seat map's validators and caching headers (quart-schema would put response headers in the media
+# type object, which OpenAPI 3.1 does not allow), and its 304, an answer without a body
+_SEAT_MAP_HEADERS = {
+    "ETag": {"schema": {"type": "string"}, "description": "strong entity tag of this map in this encoding"},
+    "Cache-Control": {"schema": {"type": "string", "const": "no-cache"},
+                      "description": "a stored copy is revalidated (If-None-Match) before use"},
+    "Vary": {"schema": {"type": "string"}, "description": "names Accept-Encoding"},
+}
+EXTRA_RESPONSES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("/api/events/{event_id}/seats", "get"): {
+        "200": {"headers": _SEAT_MAP_HEADERS},
+        "304": {"description": "Not modified: `If-None-Match` names the map's current `ETag`; no body",
+                "headers": _SEAT_MAP_HEADERS},
+    },
+}
 
 
 def _finish_response(status: int, response: dict[str, Any], schemas: dict[str, Any]) -> None:

@@ -6,7 +6,8 @@ parameters, query) → Reply, so that the lean Trio door and the Quart app answe
   revalidates) and the gzip encoding (compressed once per build) when `Accept-Encoding` allows it;
 - `GET /api/events/{id}`: the event with its counts, kept like the seat maps (at most one tick stale);
 - `GET /api/bookings/{id}` without `?wait` (the long poll stays with Quart): the booking, for the holder
-  of its secret or the admin token (`401` without a credential, `404` with a wrong one).
+  of its secret or the admin token (`401` without a credential, `404` with a wrong one), from the
+  service's kept answers (BookingAnswers: dropped on a change here, at most one tick stale otherwise).
 
 Errors are problem+json exactly as `problem_of` makes them. The API/CORS headers every answer gets are
 added by the door (`finish`) and by the Quart app's `after_request`."""
@@ -22,7 +23,7 @@ import orjson
 
 from .domain.errors import BookingError, InvalidRequest
 from .policy import API_HEADERS, bearer, cors_headers
-from .representation import booking_json, problem, problem_of
+from .representation import problem, problem_of
 from .service import BookingService
 
 log = logging.getLogger("ticketblitz.reads")
@@ -119,8 +120,7 @@ async def event(service: BookingService, headers: Mapping[str, str], event_id: s
 
 async def booking(service: BookingService, headers: Mapping[str, str], booking_id: str, query: str = "") -> Reply:
     """GET /api/bookings/{booking_id} without ?wait (a long poll is answered by the Quart route)."""
-    found = await service.booking(booking_id, bearer(headers.get("authorization")), 0.0)
-    return Reply(200, orjson.dumps(booking_json(found)))
+    return Reply(200, await service.booking_answer(booking_id, bearer(headers.get("authorization"))))
 
 
 async def answer(read: Read, service: BookingService, headers: Mapping[str, str], param: str,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 from typing import Any
 
+import trio
 from conftest import ADMIN, Harness
 
 IDENTITY = {"Accept-Encoding": "identity"}
@@ -149,3 +150,46 @@ async def test_booking_read_needs_its_secret_and_matches_the_long_poll_bytes(har
     missing = await harness.client.get("/api/bookings/bkg_nope", headers={"Authorization": "Bearer nope"})
     assert stranger.status_code == missing.status_code == 404
     assert stranger.json()["code"] == missing.json()["code"] == "not_found"
+
+
+async def read_both_ways(harness: Harness, booking_id: str) -> dict[str, Any]:
+    """The booking read (the door's in the door run) and the long poll's `?wait=0` (Quart): the same bytes."""
+    path = f"/api/bookings/{booking_id}"
+    r = await harness.client.get(path, headers=harness.owner(booking_id))
+    assert r.status_code == 200, r.text
+    answered_by_the_door(harness, r.headers)
+    polled = await harness.client.get(path, params={"wait": "0"}, headers=harness.owner(booking_id))
+    assert polled.status_code == 200 and polled.content == r.content
+    return dict(r.json())
+
+
+async def test_booking_read_shows_a_status_change_at_the_next_read(harness: Harness) -> None:
+    event = await created(harness)
+    ids = []
+    for user, seat in (("u1", "A-1-1"), ("u2", "A-1-2"), ("u3", "A-1-3")):
+        booking = (await harness.book(event["id"], {"user_id": user, "seat_ids": [seat]})).json()
+        assert (await harness.settle(booking["id"]))["status"] == "held"
+        ids.append(booking["id"])
+    confirmed, cancelled, expired = ids
+    for booking_id in ids:  # read (and so kept) while held
+        assert (await read_both_ways(harness, booking_id))["status"] == "held"
+        assert (await read_both_ways(harness, booking_id))["status"] == "held"
+    assert (await harness.confirm(confirmed)).status_code == 200
+    assert (await read_both_ways(harness, confirmed))["status"] == "confirmed"
+    assert (await harness.cancel(cancelled)).status_code == 200
+    assert (await read_both_ways(harness, cancelled))["status"] == "cancelled"
+    harness.clock.advance(EVENT["hold_seconds"] + 1)
+    assert [b.id for b in await harness.service.expire_lapsed_holds()] == [expired]
+    assert (await read_both_ways(harness, expired))["status"] == "expired"
+    assert (await read_both_ways(harness, confirmed))["status"] == "confirmed"
+
+
+async def test_booking_read_shows_another_process_change_within_one_tick(harness: Harness) -> None:
+    event = await created(harness)
+    booking = (await harness.book(event["id"], {"user_id": "u1", "seat_ids": ["B-1-1"]})).json()
+    assert (await harness.settle(booking["id"]))["status"] == "held"
+    assert (await read_both_ways(harness, booking["id"]))["status"] == "held"
+    # the store changed behind this service's back, as another process's confirm would change it
+    await harness.service.store.confirm(booking["id"], harness.clock())
+    await trio.sleep(harness.service.settings.seat_map_max_age)
+    assert (await read_both_ways(harness, booking["id"]))["status"] == "confirmed"

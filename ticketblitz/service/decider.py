@@ -21,6 +21,7 @@ from ..domain.errors import Unavailable
 from ..domain.model import Booking, BookingStatus
 from ..ports import Admission, BookingQueue, SeatLease, SeatLocks, Store
 from ..telemetry import Telemetry
+from .bookingreads import BookingAnswers
 from .followups import EdgeFollowUps
 from .seatmaps import SeatMaps
 from .waiters import Waiters
@@ -36,7 +37,8 @@ RETRY_PAUSE = 0.2  # seconds a consumer waits after a backend refused a batch
 class Decider:
     def __init__(self, settings: Settings, store: Store, queue: BookingQueue, locks: SeatLocks,
                  admission: Admission, followups: EdgeFollowUps, waiters: Waiters, seat_maps: SeatMaps,
-                 telemetry: Telemetry, clock: Callable[[], float]) -> None:
+                 telemetry: Telemetry, clock: Callable[[], float],
+                 booking_answers: BookingAnswers | None = None) -> None:
         self.settings = settings
         self.store = store
         self.queue = queue
@@ -45,6 +47,8 @@ class Decider:
         self.followups = followups
         self.waiters = waiters
         self.seat_maps = seat_maps
+        self.booking_answers = (booking_answers if booking_answers is not None
+                                else BookingAnswers(settings.seat_map_max_age))
         self.telemetry = telemetry
         self.clock = clock
         self._failures: OrderedDict[str, int] = OrderedDict()  # booking id -> unexpected failures so far
@@ -140,6 +144,7 @@ class Decider:
         could not be told (the batch is then redelivered)."""
         lost_key = [a for a, d in zip(asked, decided, strict=True) if a.id != d.id]
         mine = [d for a, d in zip(asked, decided, strict=True) if a.id == d.id]
+        self.booking_answers.changed([*(a.id for a in asked), *(d.id for d in decided)])
         try:
             if lost_key:  # their Idempotency-Key belonged to an earlier booking: nothing of theirs was stored
                 await self.admission.withdraw(lost_key)
@@ -197,6 +202,7 @@ class Decider:
                     self.telemetry.queued("dead_lettered", 1, booking_id=booking.id)
                     return
                 ((stored, changed),) = await self.store.reject([booking], POISON_REASON, self.clock(), insert=True)
+                self.booking_answers.changed(booking.id)
                 if changed:
                     self.telemetry.stored("commit", "reject", booking.event_id, [booking.id])
         except Exception as exc:

@@ -24,6 +24,7 @@ from ..domain.model import Booking, BookingRequest, BookingStatus, Event, Seat, 
 from ..ports import Admission, AdmitItem, BookingQueue, SeatLease, SeatLocks, Store
 from ..telemetry import Telemetry, verdict_of
 from .batcher import Accepted, IntakeBatcher
+from .bookingreads import BookingAnswers
 from .catalog import EventCatalog
 from .decider import Decider, store_outcome, unlock
 from .followups import EdgeFollowUps
@@ -60,6 +61,7 @@ class BookingService:
         self.secrets = SecretIssuer()
         self.waiters = Waiters(settings.max_long_polls)
         self.seat_maps = SeatMaps(store, settings.seat_map_max_age)
+        self.booking_answers = BookingAnswers(settings.seat_map_max_age)
         # a repeat requeues a booking whose first request may have died after this long; an admission never
         # marked queued twice as long after is an orphan of a crash
         requeue_after = settings.produce_timeout + settings.store_timeout + 2.0
@@ -68,8 +70,9 @@ class BookingService:
         self.intake = IntakeBatcher(settings, store, queue, admission, self.catalog, self.followups, self.secrets,
                                     self.telemetry, clock, requeue_after=requeue_after)
         self.decider = Decider(settings, store, queue, locks, admission, self.followups, self.waiters,
-                               self.seat_maps, self.telemetry, clock)
-        self.sweeper = HoldSweeper(settings, store, self.followups, self.seat_maps, self.telemetry, clock)
+                               self.seat_maps, self.telemetry, clock, self.booking_answers)
+        self.sweeper = HoldSweeper(settings, store, self.followups, self.seat_maps, self.telemetry, clock,
+                                   self.booking_answers)
         self.telemetry.gauges.update({
             "queue_depth": lambda: float(queue.depth()),
             "ws_subscribers": lambda: float(len(self.telemetry.subscribers)),
@@ -77,6 +80,7 @@ class BookingService:
             "intake_waiting": lambda: float(self.intake.waiting()),
             "long_polls": lambda: float(self.waiters.active),
             "followups_pending": lambda: float(self.followups.pending()),
+            "booking_answers_kept": lambda: float(len(self.booking_answers)),
         })
 
     @property
@@ -239,6 +243,7 @@ class BookingService:
             try:
                 (decided,) = await self.store.decide([booking], self.clock(), insert=True)
                 self.seat_maps.changed(booking.event_id)
+                self.booking_answers.changed(booking.id)
             except Exception:
                 # the store may have committed before failing to answer: the tombstone makes it certain
                 # (a booking stored already is settled; one that is not is recorded rejected, and abandoned)
@@ -288,6 +293,23 @@ class BookingService:
             return booking
         raise NotFound(f"booking {booking_id} does not exist")
 
+    async def booking_answer(self, booking_id: str, credential: str | None) -> bytes:
+        """The booking's answer bytes (`GET /api/bookings/{id}` without `?wait`), from the kept answers when
+        one is fresh (BookingAnswers: at most one tick stale for other processes' changes, dropped on this
+        one's), else from the store; the credential check is `_owned`'s, on the kept secret hash."""
+        if not credential:
+            raise Unauthorized("a booking is read, confirmed or cancelled with Authorization: Bearer <its secret>")
+        kept = self.booking_answers.get(booking_id)
+        if kept is None:
+            changes = self.booking_answers.changes
+            booking = await self._find(booking_id)
+            if booking is None:
+                raise NotFound(f"booking {booking_id} does not exist")
+            kept = self.booking_answers.keep(booking, changes)
+        if ownership.is_token(self.settings.admin_token, credential) or ownership.holds(kept.secret_hash, credential):
+            return kept.body
+        raise NotFound(f"booking {booking_id} does not exist")
+
     async def booking(self, booking_id: str, credential: str | None, wait: float = 0.0) -> Booking:
         """The booking; with `wait` > 0, long-poll until it leaves `pending` or the time is up."""
         booking = await self._owned(booking_id, credential)
@@ -308,6 +330,7 @@ class BookingService:
         with trio.CancelScope(shield=True):  # a client hanging up does not undo a purchase half-way
             booking, changed = await self.store.confirm(booking_id, self.clock())
             self.seat_maps.changed(booking.event_id)
+            self.booking_answers.changed(booking_id)
         if changed:
             self.telemetry.stored("commit", "confirm", booking.event_id, [booking.id])
             self.telemetry.booking(booking)
@@ -323,6 +346,7 @@ class BookingService:
         with trio.CancelScope(shield=True):
             booking = await self.store.cancel(booking_id, self.clock())
             self.seat_maps.changed(booking.event_id)
+            self.booking_answers.changed(booking_id)
             await self.followups.release([booking])
         self.telemetry.stored("commit", "cancel", booking.event_id, [booking.id])
         self.telemetry.booking(booking)

@@ -14,6 +14,7 @@ from ..domain.errors import Unavailable
 from ..domain.model import Booking
 from ..ports import Store
 from ..telemetry import Telemetry
+from .bookingreads import BookingAnswers
 from .followups import EdgeFollowUps
 from .seatmaps import SeatMaps
 
@@ -24,11 +25,14 @@ CHUNK = 500  # holds expired per store transaction
 
 class HoldSweeper:
     def __init__(self, settings: Settings, store: Store, followups: EdgeFollowUps, seat_maps: SeatMaps,
-                 telemetry: Telemetry, clock: Callable[[], float]) -> None:
+                 telemetry: Telemetry, clock: Callable[[], float],
+                 booking_answers: BookingAnswers | None = None) -> None:
         self.settings = settings
         self.store = store
         self.followups = followups
         self.seat_maps = seat_maps
+        self.booking_answers = (booking_answers if booking_answers is not None
+                                else BookingAnswers(settings.seat_map_max_age))
         self.telemetry = telemetry
         self.clock = clock
 
@@ -48,6 +52,7 @@ class HoldSweeper:
             # the commit and its edge release belong together: a cancelled sweep still releases
             with trio.CancelScope(shield=True):
                 chunk = await self.store.expire_lapsed(self.clock(), CHUNK)
+                self.booking_answers.changed([b.id for b in chunk])
                 for event_id in {b.event_id for b in chunk}:
                     self.seat_maps.changed(event_id)
                 await self.followups.release(chunk)

@@ -5,6 +5,8 @@ across a local change not kept."""
 from __future__ import annotations
 
 import orjson
+import trio
+import trio.testing
 
 from ticketblitz.domain.model import Booking, BookingStatus
 from ticketblitz.representation import booking_json
@@ -82,3 +84,65 @@ def test_local_change_drops_and_a_read_across_it_is_not_kept() -> None:
     assert answers.get("bkg_3") is None
     answers.keep(booking(3), answers.changes)
     assert answers.get("bkg_3") is not None
+
+
+async def test_concurrent_reads_share_one_load_and_a_change_starts_a_fresh_one() -> None:
+    answers = BookingAnswers(0.5, clock=Clock())
+    loads: list[str] = []
+    release = trio.Event()
+    current = {"status": BookingStatus.HELD}
+
+    async def load(booking_id: str) -> Booking | None:
+        loads.append(booking_id)
+        status = current["status"]
+        await release.wait()
+        return booking(1, status) if booking_id == "bkg_1" else None
+
+    got: list[bytes | None] = []
+
+    async def reader() -> None:
+        kept = await answers.read("bkg_1", load)
+        got.append(kept.body if kept is not None else None)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert loads == ["bkg_1"]
+        # a local change while the read is in flight: the reads after it do not join the old read
+        current["status"] = BookingStatus.CONFIRMED
+        answers.changed("bkg_1")
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert loads == ["bkg_1", "bkg_1"]
+        release.set()
+    held = orjson.dumps(booking_json(booking(1, BookingStatus.HELD)))
+    confirmed = orjson.dumps(booking_json(booking(1, BookingStatus.CONFIRMED)))
+    assert sorted(got, key=lambda b: b == confirmed) == [held] * 10 + [confirmed]
+    kept = answers.get("bkg_1")  # the read across the change was not kept; the one after it was
+    assert kept is not None and kept.body == confirmed
+    assert await answers.read("bkg_2", load) is None and len(answers) == 1
+
+
+async def test_a_failed_load_fails_every_reader_and_keeps_nothing() -> None:
+    answers = BookingAnswers(0.5, clock=Clock())
+    release = trio.Event()
+
+    async def load(booking_id: str) -> Booking | None:
+        await release.wait()
+        raise RuntimeError("store down")
+
+    failures: list[str] = []
+
+    async def reader() -> None:
+        try:
+            await answers.read("bkg_1", load)
+        except RuntimeError as exc:
+            failures.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert failures == ["store down"] * 3 and len(answers) == 0

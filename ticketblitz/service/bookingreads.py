@@ -7,15 +7,18 @@ answers them, and its secret's hash for the credential check), bounded (least re
   older entry is read again;
 - a `pending` booking is never kept (a decision by another process's consumer shows at the next read);
 - a read that was in flight while a change happened here does not keep what it read (it may predate the
-  change): the change counter must be the same before and after the store read.
+  change): the change counter must be the same before and after the store read;
+- concurrent reads of one booking that is not kept share one store read (a crowd refreshing one booking
+  costs one read per tick, not one per request, and not a burst of worker threads when an entry ages
+  out); a local change of the booking starts a fresh one for the reads after it.
 
 The credential check stays the caller's (the facade's), exactly as for a store read."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 
 import orjson
 import trio
@@ -37,6 +40,13 @@ def answer_of(booking: Booking, kept_at: float) -> KeptBooking:
     return KeptBooking(orjson.dumps(booking_json(booking)), booking.secret_hash, kept_at)
 
 
+@dataclass(slots=True)
+class _Read:
+    done: trio.Event = field(default_factory=trio.Event)
+    kept: KeptBooking | None = None
+    error: Exception | None = None
+
+
 class BookingAnswers:
     def __init__(self, max_age: float, max_entries: int = MAX_ENTRIES,
                  clock: Callable[[], float] = trio.current_time) -> None:
@@ -44,6 +54,7 @@ class BookingAnswers:
         self._max_entries = max_entries
         self._clock = clock
         self._kept: OrderedDict[str, KeptBooking] = OrderedDict()
+        self._reading: dict[str, _Read] = {}
         self.changes = 0  # local changes seen (a read started before one does not keep what it read)
         self.hits = 0
         self.misses = 0
@@ -65,6 +76,35 @@ class BookingAnswers:
         self.hits += 1
         return kept
 
+    async def read(self, booking_id: str, load: Callable[[str], Awaitable[Booking | None]]) -> KeptBooking | None:
+        """The kept answer, else `load`'s (the store's; None: no such booking), one load shared by the
+        concurrent reads of one booking."""
+        kept = self.get(booking_id)
+        if kept is not None:
+            return kept
+        flight = self._reading.get(booking_id)
+        if flight is not None:
+            await flight.done.wait()
+            if flight.error is not None:  # the loader's failure (e.g. the store is down) is everyone's
+                raise flight.error
+            return flight.kept
+        flight = self._reading[booking_id] = _Read()
+        changes = self.changes
+        try:
+            # shielded: others wait for this read, so its first requester hanging up must not end it
+            # (the store call has a deadline of its own)
+            with trio.CancelScope(shield=True):
+                booking = await load(booking_id)
+            flight.kept = self.keep(booking, changes) if booking is not None else None
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            if self._reading.get(booking_id) is flight:
+                del self._reading[booking_id]
+            flight.done.set()
+        return flight.kept
+
     def keep(self, booking: Booking, changes: int | None = None) -> KeptBooking:
         """The answer of a booking just read from the store, kept unless it is pending or a local change
         happened since `changes` (the counter's value before the read)."""
@@ -80,8 +120,6 @@ class BookingAnswers:
     def changed(self, booking_ids: str | Iterable[str]) -> None:
         """Bookings changed in this process (an id or an iterable of ids): their kept answers are dropped."""
         self.changes += 1
-        if isinstance(booking_ids, str):
-            self._kept.pop(booking_ids, None)
-            return
-        for booking_id in booking_ids:
+        for booking_id in (booking_ids,) if isinstance(booking_ids, str) else booking_ids:
             self._kept.pop(booking_id, None)
+            self._reading.pop(booking_id, None)  # a read in flight may predate the change: not shared on

@@ -299,14 +299,9 @@ class BookingService:
         one's), else from the store; the credential check is `_owned`'s, on the kept secret hash."""
         if not credential:
             raise Unauthorized("a booking is read, confirmed or cancelled with Authorization: Bearer <its secret>")
-        kept = self.booking_answers.get(booking_id)
-        if kept is None:
-            changes = self.booking_answers.changes
-            booking = await self._find(booking_id)
-            if booking is None:
-                raise NotFound(f"booking {booking_id} does not exist")
-            kept = self.booking_answers.keep(booking, changes)
-        if ownership.is_token(self.settings.admin_token, credential) or ownership.holds(kept.secret_hash, credential):
+        kept = await self.booking_answers.read(booking_id, self._find)
+        if kept is not None and (ownership.is_token(self.settings.admin_token, credential)
+                                 or ownership.holds(kept.secret_hash, credential)):
             return kept.body
         raise NotFound(f"booking {booking_id} does not exist")
 

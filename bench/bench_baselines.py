@@ -103,21 +103,40 @@ class HelloOutcome:
         return self.exit_code == 0 and w.total_socket_errors == 0 and w.count(lambda s: s != 200) == 0
 
 
+class BaselineServer:
+    """A baseline server (`cmd`, listening on `port`) for the length of a `with` block: started in its own
+    session, awaited until it listens, stopped with SIGTERM after the block; `exit_code` is its exit code."""
+
+    def __init__(self, cmd: list[str], port: int, listen_timeout: float, stop_timeout: float) -> None:
+        self.cmd, self.port = cmd, port
+        self.listen_timeout, self.stop_timeout = listen_timeout, stop_timeout
+        self.exit_code: int | None = None
+
+    def __enter__(self) -> BaselineServer:
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        try:
+            wait_listening(self.port, time.monotonic() + self.listen_timeout, self.proc)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.exit_code = stop_process(self.proc, self.stop_timeout)
+
+
 def hello(name: str, cmd_for_port: Any, seconds: float, threads: int, connections: int) -> HelloOutcome:
     """Start a hello-world server on a free port, wrk POST /hello against it, stop it (SIGTERM, exit 0)."""
     port = free_port()
     cmd: list[str] = cmd_for_port(port)
     COMMANDS.add(f"baseline {name} server", cmd)
     log(f"baseline {name}: wrk POST /hello for {seconds:g} s")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        wait_listening(port, time.monotonic() + 30, proc)
+    with BaselineServer(cmd, port, 30, 15) as server:
         result = run_wrk(f"baseline {name}", f"http://127.0.0.1:{port}/hello", "http.lua", ["POST", HELLO_BODY],
                          threads=threads, connections=connections, duration=seconds)
-    finally:
-        code = stop_process(proc, 15)
-    return HelloOutcome(name, shown(cmd), result, code)
+    assert server.exit_code is not None
+    return HelloOutcome(name, shown(cmd), result, server.exit_code)
 
 
 def fastify(seconds: float, threads: int, connections: int) -> HelloOutcome:
@@ -158,20 +177,20 @@ def original(urls: dict[str, str], seconds: float, threads: int, connections: in
     cmd = ["node", "bench/fastify_original.js", str(port), urls["TICKETBLITZ_KAFKA_BOOTSTRAP"], topic]
     COMMANDS.add("baseline fastify-original server", cmd)
     log(f"baseline fastify-original: wrk POST /api/book-async for {seconds:g} s (topic {topic})")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    server = BaselineServer(cmd, port, 60, 30)
     try:
-        wait_listening(port, time.monotonic() + 60, proc)
-        result = run_wrk("baseline fastify-original", f"http://127.0.0.1:{port}", "book_async.lua",
-                         [ORIGINAL_EVENT, str(ORIGINAL_SEATS), str(threads)], threads=threads,
-                         connections=connections, duration=seconds)
+        with server:
+            result = run_wrk("baseline fastify-original", f"http://127.0.0.1:{port}", "book_async.lua",
+                             [ORIGINAL_EVENT, str(ORIGINAL_SEATS), str(threads)], threads=threads,
+                             connections=connections, duration=seconds)
     finally:
-        code = stop_process(proc, 30)
-        if code != 0:  # it did not delete its topic: do it here
+        code = server.exit_code
+        if code != 0:  # it did not delete its topic (or never started): do it here
             try:
                 delete_kafka(urls["TICKETBLITZ_KAFKA_BOOTSTRAP"], [topic], f"{topic}-none")
             except Exception as exc:
                 log(f"baseline fastify-original: deleting topic {topic}: {exc!r}")
+    assert code is not None
     return OriginalOutcome(shown(cmd), topic, result, code)
 
 
@@ -204,13 +223,10 @@ def fastify_flash(clients: int, workdir: Path) -> PlainFlashOutcome:
            "--json", str(out)]
     COMMANDS.add("baseline fastify-flash server", server)
     log(f"baseline fastify-flash: bench/flash.py plain, {clients} fans against the Fastify hello world")
-    proc = subprocess.Popen(server, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        wait_listening(port, time.monotonic() + 30, proc)
+    with BaselineServer(server, port, 30, 15) as hello_server:
         done = run("baseline fastify-flash (flash.py plain)", cmd, timeout=300, check=False)
-    finally:
-        code = stop_process(proc, 15)
+    code = hello_server.exit_code
+    assert code is not None
     if done.returncode == 2 or not out.exists():
         raise BenchError(f"flash.py plain could not run:\n{done.stdout}\n{done.stderr[-3000:]}")
     print(done.stdout, flush=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import orjson
 import trio
@@ -198,22 +198,33 @@ class Target:
     port: int
 
 
-def parse_target(url: str, flag: str = "--url") -> Target:
-    """`http://127.0.0.1:PORT` (or `http://localhost:PORT`); anything else is refused: a load generator
-    that could be pointed at any host would be a denial-of-service tool, so this one only loads this machine."""
+def loopback_url(url: str, flag: str = "--url") -> SplitResult:
+    """The parts of an `http://` URL on this machine (127.0.0.1 or localhost); anything else is refused: a
+    load generator that could be pointed at any host would be a denial-of-service tool, so this one only
+    loads this machine."""
     parts = urlsplit(url)
     if parts.scheme != "http":
         raise ValueError(f"{flag} {url!r}: only http:// is supported")
     if parts.hostname not in LOOPBACK_NAMES:
         raise ValueError(f"{flag} {url!r}: refusing host {parts.hostname!r}; only {ALLOWED_HOST} "
                          "(or localhost) may be loaded")
-    if parts.path not in ("", "/") or parts.query or parts.username:
-        raise ValueError(f"{flag} {url!r}: give only scheme, host and port")
+    return parts
+
+
+def url_port(parts: SplitResult, url: str, flag: str = "--url") -> int:
+    """The TCP port of a URL's parts (80 when it names none)."""
     try:
-        port = parts.port or 80
+        return parts.port or 80
     except ValueError:
         raise ValueError(f"{flag} {url!r}: the port is not a TCP port") from None
-    return Target(port)
+
+
+def parse_target(url: str, flag: str = "--url") -> Target:
+    """`http://127.0.0.1:PORT` (or `http://localhost:PORT`), nothing more (see `loopback_url`)."""
+    parts = loopback_url(url, flag)
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        raise ValueError(f"{flag} {url!r}: give only scheme, host and port")
+    return Target(url_port(parts, url, flag))
 
 
 async def fetch_json(conn: KeepAliveConnection, port: int, path: str, token: str | None = None) -> Any:

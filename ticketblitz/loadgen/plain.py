@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from .burst import BurstSummary, Tally, cpu_seconds, run_burst, summarize_burst
-from .client import ALLOWED_HOST, LOOPBACK_NAMES, build_request
+from .client import build_request, loopback_url, url_port
 
 METHODS = ("POST", "GET")
 
@@ -23,18 +22,10 @@ METHODS = ("POST", "GET")
 def parse_plain_url(url: str, flag: str = "--url") -> tuple[int, str]:
     """(port, path) of `http://127.0.0.1:PORT/path` (or localhost); any other host is refused, as for
     every run of this driver. The path defaults to `/`; a query string is kept."""
-    parts = urlsplit(url)
-    if parts.scheme != "http":
-        raise ValueError(f"{flag} {url!r}: only http:// is supported")
-    if parts.hostname not in LOOPBACK_NAMES:
-        raise ValueError(f"{flag} {url!r}: refusing host {parts.hostname!r}; only {ALLOWED_HOST} "
-                         "(or localhost) may be loaded")
+    parts = loopback_url(url, flag)
     if parts.username or parts.password or parts.fragment:
         raise ValueError(f"{flag} {url!r}: no credentials or fragment")
-    try:
-        port = parts.port or 80
-    except ValueError:
-        raise ValueError(f"{flag} {url!r}: the port is not a TCP port") from None
+    port = url_port(parts, url, flag)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return port, path
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 import trio
 
 from ..domain.model import Booking, BookingStatus
 from ..representation import booking_json
+from .flights import SingleFlight
 
 MAX_ENTRIES = 100_000  # ~0.5 KB each
 
@@ -40,13 +41,6 @@ def answer_of(booking: Booking, kept_at: float) -> KeptBooking:
     return KeptBooking(orjson.dumps(booking_json(booking)), booking.secret_hash, kept_at)
 
 
-@dataclass(slots=True)
-class _Read:
-    done: trio.Event = field(default_factory=trio.Event)
-    kept: KeptBooking | None = None
-    error: Exception | None = None
-
-
 class BookingAnswers:
     def __init__(self, max_age: float, max_entries: int = MAX_ENTRIES,
                  clock: Callable[[], float] = trio.current_time) -> None:
@@ -54,7 +48,7 @@ class BookingAnswers:
         self._max_entries = max_entries
         self._clock = clock
         self._kept: OrderedDict[str, KeptBooking] = OrderedDict()
-        self._reading: dict[str, _Read] = {}
+        self._reading: SingleFlight[KeptBooking | None] = SingleFlight()
         self.changes = 0  # local changes seen (a read started before one does not keep what it read)
         self.hits = 0
         self.misses = 0
@@ -82,28 +76,13 @@ class BookingAnswers:
         kept = self.get(booking_id)
         if kept is not None:
             return kept
-        flight = self._reading.get(booking_id)
-        if flight is not None:
-            await flight.done.wait()
-            if flight.error is not None:  # the loader's failure (e.g. the store is down) is everyone's
-                raise flight.error
-            return flight.kept
-        flight = self._reading[booking_id] = _Read()
         changes = self.changes
-        try:
-            # shielded: others wait for this read, so its first requester hanging up must not end it
-            # (the store call has a deadline of its own)
-            with trio.CancelScope(shield=True):
-                booking = await load(booking_id)
-            flight.kept = self.keep(booking, changes) if booking is not None else None
-        except Exception as exc:
-            flight.error = exc
-            raise
-        finally:
-            if self._reading.get(booking_id) is flight:
-                del self._reading[booking_id]
-            flight.done.set()
-        return flight.kept
+
+        async def load_and_keep() -> KeptBooking | None:
+            booking = await load(booking_id)
+            return self.keep(booking, changes) if booking is not None else None
+
+        return await self._reading.run(booking_id, load_and_keep)
 
     def keep(self, booking: Booking, changes: int | None = None) -> KeptBooking:
         """The answer of a booking just read from the store, kept unless it is pending or a local change
@@ -122,4 +101,4 @@ class BookingAnswers:
         self.changes += 1
         for booking_id in (booking_ids,) if isinstance(booking_ids, str) else booking_ids:
             self._kept.pop(booking_id, None)
-            self._reading.pop(booking_id, None)  # a read in flight may predate the change: not shared on
+            self._reading.forget(booking_id)  # a read in flight may predate the change: not shared on

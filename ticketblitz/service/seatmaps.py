@@ -17,7 +17,7 @@ import gzip
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ import trio
 
 from ..ports import Store
 from ..representation import event_json
+from .flights import SingleFlight
 
 MAX_ENTRIES = 16  # documents kept (a 200,000-seat map is ~15 MB of JSON)
 FORMS = frozenset({"api", "compat", "compact", "event"})
@@ -85,13 +86,6 @@ class _Entry:
     built_at: float
 
 
-@dataclass(slots=True)
-class _Build:
-    done: trio.Event = field(default_factory=trio.Event)
-    seat_map: SeatMap | None = None
-    error: Exception | None = None
-
-
 class SeatMaps:
     def __init__(self, store: Store, max_age: float, clock: Callable[[], float] = trio.current_time) -> None:
         self._store = store
@@ -99,7 +93,7 @@ class SeatMaps:
         self._clock = clock
         self._versions: dict[str, int] = {}
         self._cache: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-        self._building: dict[tuple[str, str], _Build] = {}
+        self._building: SingleFlight[SeatMap | None] = SingleFlight()
         self.builds = 0  # store reads made (tests and /metrics)
 
     def changed(self, event_id: str) -> None:
@@ -119,27 +113,14 @@ class SeatMaps:
         if entry is not None and entry.version == version and self._clock() - entry.built_at < self._max_age:
             self._cache.move_to_end(key)
             return entry.seat_map
-        build = self._building.get(key)
-        if build is None:
-            build = self._building[key] = _Build()
-            try:
-                # shielded: others wait for this build, so its first requester hanging up must not end it
-                # (the store call has a deadline of its own)
-                with trio.CancelScope(shield=True):
-                    build.seat_map = await self._build(event_id, form)
-                self.builds += 1
-                self._keep(key, _Entry(build.seat_map, version, self._clock()))
-            except Exception as exc:
-                build.error = exc
-                raise
-            finally:
-                del self._building[key]
-                build.done.set()
-            return build.seat_map
-        await build.done.wait()
-        if build.error is not None:  # the builder's failure (e.g. the store is down) is everyone's
-            raise build.error
-        return build.seat_map
+
+        async def build_and_keep() -> SeatMap | None:
+            seat_map = await self._build(event_id, form)
+            self.builds += 1
+            self._keep(key, _Entry(seat_map, version, self._clock()))
+            return seat_map
+
+        return await self._building.run(key, build_and_keep)
 
     async def _build(self, event_id: str, form: str) -> SeatMap | None:
         if form not in FORMS:

@@ -183,12 +183,13 @@ class Telemetry:
 
     def publish(self, kind: str, **data: Any) -> None:
         """A frame of type `kind` for the subscribers (anonymous ones get it without its private members).
-        Appended to the tick's list; beyond `max_frames_per_tick` it is only counted as dropped."""
-        if not self.listening:
-            return
-        if len(self._tick) >= self.max_frames_per_tick and kind not in ESSENTIAL_KINDS:
-            self.frames_dropped += 1
-            return
+        Appended to the tick's list; beyond `max_frames_per_tick` it is only counted as dropped (but
+        `ESSENTIAL_KINDS`)."""
+        if self.listening if kind in ESSENTIAL_KINDS else self._room():
+            self._append(kind, **data)
+
+    def _append(self, kind: str, **data: Any) -> None:
+        """A frame into the tick's list; the caller checked `_room()` (the booking path's helpers below)."""
         data["type"] = kind
         data["ts"] = self.clock()
         self._tick.append(data)
@@ -198,7 +199,7 @@ class Telemetry:
         status = str(booking.status)
         self.bookings[status] += 1
         if self._room():
-            self.publish("booking", event_id=booking.event_id, id=booking.id, status=status,
+            self._append("booking", event_id=booking.event_id, id=booking.id, status=status,
                          reason=booking.reason, user_id=booking.user_id, seat_ids=list(booking.seat_ids))
 
     def seats(self, event_id: str, seats: Iterable[str], status: str) -> None:
@@ -215,12 +216,12 @@ class Telemetry:
         """The edge's verdict on one booking request of `count` seats."""
         self.admissions[verdict] += 1
         if self._room():
-            self.publish("admission", event_id=event_id, verdict=verdict, count=count, booking_id=booking_id)
+            self._append("admission", event_id=event_id, verdict=verdict, count=count, booking_id=booking_id)
 
     def lock(self, action: str, event_id: str, seats: Iterable[str], owner: str, fence: int | None = None) -> None:
         self.locks[action] += 1
         if self._room():
-            self.publish("lock", action=action, event_id=event_id, seats=list(seats), fence=fence, owner=owner)
+            self._append("lock", action=action, event_id=event_id, seats=list(seats), fence=fence, owner=owner)
 
     def queued(self, action: str, count: int, partition: int | None = None, offset: int | None = None,
                **data: Any) -> None:
@@ -228,7 +229,7 @@ class Telemetry:
             return
         self.queue[action] += count
         if self._room():
-            self.publish("queue", action=action, count=count, partition=partition, offset=offset,
+            self._append("queue", action=action, count=count, partition=partition, offset=offset,
                          lag=self.queue_depth(), **data)
 
     def stored(self, action: str, op: str, event_id: str, booking_ids: list[str]) -> None:
@@ -239,12 +240,12 @@ class Telemetry:
         if self._room():
             extra: dict[str, Any] = {"booking_id": booking_ids[0]} if len(booking_ids) == 1 else {
                 "booking_ids": booking_ids}
-            self.publish("store", action=action, op=op, event_id=event_id, count=len(booking_ids), **extra)
+            self._append("store", action=action, op=op, event_id=event_id, count=len(booking_ids), **extra)
 
     def hold_expired(self, booking: Any) -> None:
         self.holds_expired += 1
         if self._room():
-            self.publish("hold", action="expired", event_id=booking.event_id, seats=list(booking.seat_ids),
+            self._append("hold", action="expired", event_id=booking.event_id, seats=list(booking.seat_ids),
                          booking_id=booking.id)
 
     @contextmanager

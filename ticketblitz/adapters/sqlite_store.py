@@ -201,12 +201,20 @@ def _booking_values(b: Booking) -> tuple[Any, ...]:
 _INSERT_BOOKING = f"INSERT INTO bookings ({BOOKING_COLUMNS}) VALUES ({','.join('?' * BOOKING_COLUMN_COUNT)})"
 
 
+# Seats looked up by name go through UNIQUE (event_id, id) — SQLite names it sqlite_autoindex_seats_2 (the
+# primary key is _1). Without ANALYZE statistics the planner scanned the event's whole primary key for an
+# `id IN (...)` list of two seats or more instead: 18 ms for 200 named seats of a 200,000-seat event, half of
+# the embedded server's samples under book-async load (bench/results/2026-12-01-issue10-profiles.md).
+# INDEXED BY fails loudly should the index ever be missing.
+_SEATS_BY_ID = "seats INDEXED BY sqlite_autoindex_seats_2"
+
+
 def _seat(row: Sequence[Any]) -> Seat:
     return Seat(row[0], row[1], row[2], row[3], row[4], SeatStatus(row[5]))
 
 
 def _seat_statuses_sql(n: int) -> str:
-    return f"SELECT id, status FROM seats WHERE event_id = ? AND id IN ({','.join('?' * n)})"  # UNIQUE (event_id, id)
+    return f"SELECT id, status FROM {_SEATS_BY_ID} WHERE event_id = ? AND id IN ({','.join('?' * n)})"
 
 
 def _chunks(values: Sequence[str]) -> list[Sequence[str]]:
@@ -571,7 +579,7 @@ class SqliteStore:
     def _picker(db: sqlite3.Connection, event_id: str, bookings: Sequence[Booking]) -> rules.SeatPicker:
         """The seats the batch may need: the named ones, and a window of the first available seats that
         grows on demand (a 200,000-seat event is not read whole for every batch)."""
-        columns = "SELECT id, section, row, number, position FROM seats"
+        columns = "SELECT id, section, row, number, position"
         mine = [b for b in bookings if b.event_id == event_id]
         named = sorted({s for b in mine for s in b.requested_seats})
         window = max(64, 32 * max((b.quantity for b in mine if not b.requested_seats), default=0),
@@ -579,13 +587,13 @@ class SqliteStore:
         refs = []
         for start in range(0, len(named), 500):
             part = named[start:start + 500]
-            refs += [SeatRef(*r) for r in db.execute(
-                f"{columns} WHERE event_id = ? AND status = 'available' AND id IN ({','.join('?' * len(part))})",
-                (event_id, *part))]
+            refs += [SeatRef(*r[:5]) for r in db.execute(
+                f"{columns}, status FROM {_SEATS_BY_ID} WHERE event_id = ? AND id IN ({','.join('?' * len(part))})",
+                (event_id, *part)) if r[5] == "available"]
         last = [0]
 
         def more() -> list[SeatRef]:
-            rows = db.execute(f"{columns} WHERE event_id = ? AND status = 'available' AND position > ? "
+            rows = db.execute(f"{columns} FROM seats WHERE event_id = ? AND status = 'available' AND position > ? "
                               "ORDER BY position LIMIT ?", (event_id, last[0], window)).fetchall()
             if rows:
                 last[0] = rows[-1][4]
@@ -599,7 +607,7 @@ class SqliteStore:
     def _stale(db: sqlite3.Connection, booking: Booking, fence: int) -> bool:
         marks = ",".join("?" * len(booking.requested_seats))
         row = db.execute(
-            f"SELECT count(*) FROM seats WHERE event_id = ? AND id IN ({marks}) AND fence >= ?",
+            f"SELECT count(*) FROM {_SEATS_BY_ID} WHERE event_id = ? AND id IN ({marks}) AND fence >= ?",
             (booking.event_id, *booking.requested_seats, fence),
         ).fetchone()
         return bool(row[0])

@@ -340,3 +340,32 @@ async def test_seat_maps_share_one_build_and_follow_changes(parts: Parts) -> Non
     assert b'"id":"A-1-1","section":"A","row":1,"number":1,"status":"held"' in document
     with pytest.raises(NotFound):
         await service.seat_map("evt_nope")
+
+
+async def test_a_crowd_meeting_an_event_made_elsewhere_costs_one_store_read(tmp_path: Path) -> None:
+    """An event another process created is read once by this one, however many fans ask at once; the
+    edge learns it once; an unknown event is a 404 for every one of them."""
+    parts = await open_parts(tmp_path, run=False)
+    catalog = parts.service.catalog
+    catalog._events.clear()  # this process has not seen the event yet (it was made by another one)
+    reads, edges = parts.store.calls.get("get_event", 0), parts.admission.calls.get("add_event", 0)
+    seen: list[str] = []
+    missing: list[str] = []
+
+    async def fan() -> None:
+        seen.append((await catalog.known(parts.event.id)).id)
+
+    async def stranger() -> None:
+        try:
+            await catalog.known("evt_nope")
+        except NotFound as exc:
+            missing.append(str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(50):
+            nursery.start_soon(fan)
+            nursery.start_soon(stranger)
+    assert seen == [parts.event.id] * 50 and len(missing) == 50
+    assert parts.store.calls["get_event"] - reads == 2  # one for the event, one for the unknown id
+    assert parts.admission.calls["add_event"] - edges == 1
+    await parts.service.close()

@@ -8,6 +8,7 @@ from dataclasses import replace
 from ..domain.errors import NotFound
 from ..domain.model import Event
 from ..ports import Admission, Store
+from .flights import SingleFlight
 
 DEMO_EVENT_ID = "evt_demo"
 
@@ -20,6 +21,7 @@ class EventCatalog:
         self._admission = admission
         self._events: dict[str, Event] = {}
         self._latest: str | None = None
+        self._reads: SingleFlight[Event | None] = SingleFlight()  # a crowd's first sight of an event: one read
 
     async def load(self) -> None:
         for event in await self._store.list_events():
@@ -35,9 +37,16 @@ class EventCatalog:
         event = self._events.get(event_id)
         if event is not None:
             return event
-        found = await self._store.get_event(event_id)
+        found = await self._reads.run(event_id, lambda: self._learn(event_id))
         if found is None:
             raise NotFound(f"event {event_id} does not exist")
+        return found
+
+    async def _learn(self, event_id: str) -> Event | None:
+        """Read an event this process has not seen, remember it and tell the edge about it."""
+        found = await self._store.get_event(event_id)
+        if found is None:
+            return None
         self.remember(found)
         if found.counts is not None:
             await self._admission.add_event(event_id, found.counts.available, found.max_per_user)

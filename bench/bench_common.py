@@ -239,9 +239,11 @@ class WrkResult:
 
 
 def run_wrk(label: str, url: str, script: str, args: list[str], *, threads: int, connections: int,
-            duration: float) -> WrkResult:
-    """Run wrk with one of our Lua scripts and parse its BENCH_RESULT line."""
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s",
+            duration: float, headers: list[str] | None = None) -> WrkResult:
+    """Run wrk with one of our Lua scripts (and request `headers`, "Name: value") and parse its
+    BENCH_RESULT line."""
+    extra = [arg for h in headers or [] for arg in ("-H", h)]
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s", *extra,
            "-s", f"bench/{script}", url, "--", *args]
     started = time.time()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -5,7 +5,9 @@
 (c) sustained intake: wrk with bench/intake.lua on a fresh 200,000-seat event, plus a probe sending one
     booking every 200 ms on its own connection (its latency over time goes to the chart); then the event's
     counts are polled until held + sold covers every 202, and counts, seat map and store are checked.
-(d) browse: wrk GET /api/events/{id}, then GET /api/events/{id}/seats, on a 1,000-seat event.
+(d) reads: wrk GET of a 10,000-seat event, its seat map (JSON, gzip, a 304 revalidation, the compact
+    form) and one booking (with its secret); the first server's run also measures Fastify 5's hello GET and
+    Fastify serving the same seat-map bytes from memory (bench/fastify_bytes.js), the read baselines.
 (e) book-async: the original's queued route, wrk with bench/book_async.lua (unique user and named seat per
     request) on a fresh 200,000-seat event; then every booking in the store must leave pending. Compared
     with the same wrk against bench/fastify_original.js (Fastify + kafkajs, the original as written).
@@ -24,11 +26,26 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bench_common import HOST, PYTHON, BenchError, WrkResult, http_json, log, open_fds, rss_mb, run, run_wrk, shown
+from bench_common import (
+    COMMANDS,
+    HOST,
+    PYTHON,
+    BenchError,
+    WrkResult,
+    free_port,
+    http_json,
+    log,
+    open_fds,
+    rss_mb,
+    run,
+    run_wrk,
+    shown,
+)
 from bench_servers import Server
 
 INTAKE_SEATS = 200_000  # the API's per-event maximum: 1000 rows x 200
-BROWSE_SEATS = 1_000
+READS_SEATS = 10_000  # the issue's seat map: 10,000 seats (the demo event's size)
+READS_ROWS = 100
 DECIDE_BOUND = 60.0  # seconds after wrk ends for held + sold to cover every 202
 FLASH_DECIDE_TIMEOUT = 30  # API.md invariant 3: every 202 leaves pending within 30 s under a 10,000 burst
 STABLE_FOR = 2.0  # then the counts must stay still this long (requests wrk left in flight get decided too)
@@ -230,6 +247,14 @@ class FlashOutcome:
         return self.exit_code == 0
 
     @property
+    def decided_after_last_answer(self) -> float | None:
+        """Seconds from the burst's last answer to the server's last decision (negative: before it)."""
+        d = self.report.get("decisions")
+        if d is None:
+            return 0.0 if self.report.get("burst", {}).get("answered") else None
+        return d.get("server_last_decision")
+
+    @property
     def decided_after_last_request(self) -> float | None:
         """Seconds from the moment the last request was fully sent to the server's last decision."""
         d, b = self.report.get("decisions"), self.report.get("burst", {})
@@ -347,27 +372,117 @@ def _await_covered(server: Server, event_id: str, expected: int, wrk_end: float)
     return (round(covered_at, 2) if covered_at is not None else None), counts
 
 
-# ---------------------------------------------------------------------- (d) browse
+# ---------------------------------------------------------------------- (d) reads
+
+
+@dataclass
+class FastifyReads:
+    """The read baselines, measured once per run (after the first server's reads) with the same wrk: Fastify
+    5's hello world GET, and Fastify serving that server's 10,000-seat map bytes from memory (plain, gzip)."""
+
+    hello_get: WrkResult
+    seats: WrkResult
+    seats_gzip: WrkResult
+    server_command: str
+    exit_codes: list[int]
+
+    @property
+    def passed(self) -> bool:
+        return all(c == 0 for c in self.exit_codes) and all(
+            w.total_socket_errors == 0 and w.count(lambda s: s != 200) == 0
+            for w in (self.hello_get, self.seats, self.seats_gzip))
 
 
 @dataclass
 class BrowseOutcome:
-    event: WrkResult
-    seats: WrkResult
+    """(d) the hot reads of an on-sale on a 10,000-seat event with one decided booking: name -> wrk result
+    (event, seats, seats gzip, seats 304, seats compact, booking) and the documents' sizes in bytes."""
+
+    reads: dict[str, WrkResult]
+    sizes: dict[str, int]
+    expected: dict[str, int]  # name -> the one status every answer must have
 
     @property
     def passed(self) -> bool:
-        return all(w.server_errors == 0 and w.total_socket_errors == 0 and w.unexpected == 0
-                   for w in (self.event, self.seats))
+        return all(w.total_socket_errors == 0 and w.count(lambda s, want=self.expected[name]: s != want) == 0
+                   for name, w in self.reads.items())
 
 
-def browse(server: Server, seconds: float, threads: int, connections: int) -> BrowseOutcome:
-    event = create_event(server, f"bench browse {time.strftime('%H:%M:%S')}", 1, BROWSE_SEATS)
-    log(f"{server.spec.name}: (d) browse {event['id']}, {seconds:g} s per route")
-    results = [run_wrk(f"{server.spec.name} (d) browse {path}", f"{server.url}{path}", "http.lua", ["GET"],
-                       threads=threads, connections=connections, duration=seconds)
-               for path in (f"/api/events/{event['id']}", f"/api/events/{event['id']}/seats")]
-    return BrowseOutcome(*results)
+def _get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def browse(server: Server, seconds: float, threads: int, connections: int, workdir: Path,
+           fastify: list[FastifyReads]) -> BrowseOutcome:
+    """wrk GET the event, its 10,000-seat map (JSON, gzip, a 304 revalidation, the compact form) and one
+    booking (with its secret), `seconds` each. The first call also measures the Fastify read baselines
+    (appended to `fastify`) with the seat map's bytes as this server sent them."""
+    event = create_event(server, f"bench reads {time.strftime('%H:%M:%S')}", READS_ROWS, READS_SEATS // READS_ROWS)
+    eid = event["id"]
+    status, booking = http_json(server.port, "POST", f"/api/events/{eid}/bookings",
+                                {"user_id": "bench-reader", "quantity": 1})
+    if status != 202:
+        raise BenchError(f"{server.spec.name}: the reads' booking answered {status}: {booking}")
+    deadline = time.time() + 30
+    while time.time() < deadline:  # decided, and the seat map's cache older than its max age
+        status, seen = http_json(server.port, "GET", f"/api/bookings/{booking['id']}?wait=5",
+                                 token=booking["secret"])
+        if status == 200 and seen.get("status") != "pending":
+            break
+    time.sleep(1.0)
+    seats_path = f"/api/events/{eid}/seats"
+    _, plain_headers, plain = _get(server.port, seats_path)
+    _, _, gz = _get(server.port, seats_path, {"Accept-Encoding": "gzip"})
+    _, _, compact = _get(server.port, seats_path + "?form=compact")
+    etag = plain_headers.get("etag", "")
+    sizes = {"seats": len(plain), "seats gzip": len(gz), "seats compact": len(compact)}
+    routes: list[tuple[str, str, list[str], int]] = [
+        ("event", f"/api/events/{eid}", [], 200),
+        ("seats", seats_path, [], 200),
+        ("seats gzip", seats_path, ["Accept-Encoding: gzip"], 200),
+        ("seats 304", seats_path, [f"If-None-Match: {etag}"], 304),
+        ("seats compact", seats_path + "?form=compact", [], 200),
+        ("booking", f"/api/bookings/{booking['id']}", [f"Authorization: Bearer {booking['secret']}"], 200),
+    ]
+    log(f"{server.spec.name}: (d) reads on {eid} ({READS_SEATS:,} seats), {seconds:g} s per route")
+    reads = {name: run_wrk(f"{server.spec.name} (d) GET {name}", f"{server.url}{path}", "http.lua", ["GET"],
+                           threads=threads, connections=connections, duration=seconds, headers=headers)
+             for name, path, headers, _ in routes}
+    if not fastify:
+        (workdir / "seats.json").write_bytes(plain)
+        (workdir / "seats.json.gz").write_bytes(gz)
+        fastify.append(fastify_reads(workdir, seconds, threads, connections))
+    return BrowseOutcome(reads, sizes, {name: want for name, _, _, want in routes})
+
+
+def fastify_reads(workdir: Path, seconds: float, threads: int, connections: int) -> FastifyReads:
+    """bench/fastify_bytes.js with the seat map's bytes: GET /hello, then GET /bytes (plain, then gzip)."""
+    from bench_baselines import BaselineServer
+
+    results: dict[str, WrkResult] = {}
+    codes: list[int] = []
+    command = ""
+    for kind, file, extra in (("plain", "seats.json", []), ("gzip", "seats.json.gz", ["gzip"])):
+        port = free_port()
+        cmd = ["node", "bench/fastify_bytes.js", str(port), str(workdir / file), *extra]
+        COMMANDS.add(f"baseline fastify bytes ({kind})", cmd)
+        command = command or COMMANDS.entries[-1][1]
+        with BaselineServer(cmd, port, 30, 15) as node:
+            url = f"http://127.0.0.1:{port}"
+            if kind == "plain":
+                results["hello"] = run_wrk("baseline fastify GET /hello", f"{url}/hello", "http.lua", ["GET"],
+                                           threads=threads, connections=connections, duration=seconds)
+            results[kind] = run_wrk(f"baseline fastify GET /bytes ({kind})", f"{url}/bytes", "http.lua", ["GET"],
+                                    threads=threads, connections=connections, duration=seconds)
+        assert node.exit_code is not None
+        codes.append(node.exit_code)
+    return FastifyReads(results["hello"], results["plain"], results["gzip"], command, codes)
 
 
 # ---------------------------------------------------------------------- (e) book-async
@@ -397,7 +512,8 @@ def book_async(server: Server, seconds: float, threads: int, connections: int) -
                      [event["id"], str(INTAKE_SEATS), str(threads)], threads=threads, connections=connections,
                      duration=seconds)
     cpu = server.cpu_since(cpu_before)
-    deadline = result.ended_at + DECIDE_BOUND
+    # intake only: nothing is decided, so there is nothing to wait for
+    deadline = result.ended_at + (DECIDE_BOUND if server.spec.consumers != 0 else 0.0)
     line = timeline(server, event["id"])
     while (line.pending or line.bookings < result.accepted) and time.time() < deadline:
         time.sleep(0.5)
@@ -407,7 +523,8 @@ def book_async(server: Server, seconds: float, threads: int, connections: int) -
         "no 5xx": result.server_errors == 0,
         "no socket errors": result.total_socket_errors == 0,
         "only 202": result.count(lambda s: s != 202) == 0,
-        "store: every 202 is a booking": line.bookings >= result.accepted,
-        "store: no booking left pending": line.pending == 0,
     }
+    if server.spec.consumers != 0:  # intake only: the bookings wait in Kafka for a consumer, by design
+        checks["store: every 202 is a booking"] = line.bookings >= result.accepted
+        checks["store: no booking left pending"] = line.pending == 0
     return BookAsyncOutcome(result, event["id"], line, None if done_at is None else round(done_at, 2), checks, cpu)

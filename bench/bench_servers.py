@@ -48,16 +48,21 @@ PROBLEM = re.compile(r"\b(ERROR|CRITICAL|WARNING|Traceback)\b|is rebalancing")
 
 @dataclass(frozen=True)
 class ServerSpec:
-    name: str  # embedded | distributed1 | distributed2
+    name: str  # embedded | distributed1 | distributed2 | distributed1-intake
     title: str
     workers: int
     distributed: bool
+    consumers: int | None = None  # TICKETBLITZ_CONSUMERS when set (0: intake only)
+    scenarios: tuple[str, ...] | None = None  # the only scenarios this server runs (None: all selected)
 
 
 SPECS = {
     "embedded": ServerSpec("embedded", "embedded, 1 process (SQLite)", 1, False),
     "distributed1": ServerSpec("distributed1", "distributed, 1 process (PostgreSQL+Redis+Kafka)", 1, True),
     "distributed2": ServerSpec("distributed2", "distributed, 2 processes (--workers 2)", 2, True),
+    "distributed1-intake": ServerSpec("distributed1-intake", "distributed, 1 process, intake only "
+                                      "(TICKETBLITZ_CONSUMERS=0: bookings stay queued in Kafka)", 1, True,
+                                      consumers=0, scenarios=("book-async",)),
 }
 
 
@@ -227,6 +232,8 @@ class Server:
 
     def start(self) -> None:
         env = {"TICKETBLITZ_ADMIN_TOKEN": self.token}
+        if self.spec.consumers is not None:
+            env["TICKETBLITZ_CONSUMERS"] = str(self.spec.consumers)
         cmd = [PYTHON, "-m", "ticketblitz", "serve", "--port", str(self.port)]
         if self.spec.distributed:
             if self.urls is None:

@@ -3,6 +3,8 @@ security headers of pages, and reading a bearer credential. Plain functions, no 
 
 from __future__ import annotations
 
+import functools
+
 from .domain.errors import BookingError
 
 JSON_TYPE = "application/json"
@@ -48,6 +50,7 @@ def check_json_body(content_type: str | None) -> None:
             raise UnsupportedMediaType("Content-Type: the body must be UTF-8 JSON")
 
 
+@functools.lru_cache(maxsize=8)  # asked on every answer (Settings.cors_origin_set), the setting never changes
 def parse_origins(value: str) -> frozenset[str]:
     """`TICKETBLITZ_CORS_ORIGINS`: comma-separated origins (scheme://host[:port]); empty = CORS closed."""
     return frozenset(o.strip().rstrip("/").lower() for o in value.split(",") if o.strip())

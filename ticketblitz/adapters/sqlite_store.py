@@ -483,7 +483,22 @@ class SqliteStore:
         return None
 
     async def insert_pending(self, bookings: Sequence[Booking]) -> list[Booking | None]:
-        return await self._write(lambda db: [self._insert(db, b) for b in bookings])
+        return await self._write(lambda db: self._insert_all(db, bookings))
+
+    def _insert_all(self, db: sqlite3.Connection, bookings: Sequence[Booking]) -> list[Booking | None]:
+        """Insert the batch with one executemany; only when a row collides (a repeat, a taken
+        Idempotency-Key) is it undone and inserted one by one to learn which (rare)."""
+        if len(bookings) > 1:
+            db.execute("SAVEPOINT insert_all")
+            try:
+                db.executemany(_INSERT_BOOKING, [_booking_values(b) for b in bookings])
+            except sqlite3.IntegrityError:
+                db.execute("ROLLBACK TO insert_all")
+                db.execute("RELEASE insert_all")
+            else:
+                db.execute("RELEASE insert_all")
+                return [None] * len(bookings)
+        return [self._insert(db, b) for b in bookings]
 
     async def pending_bookings(self, limit: int) -> list[Booking]:
         rows = await self._read(
@@ -509,11 +524,15 @@ class SqliteStore:
             rest = iter(self._decide(db, [b for b in bookings if b.id not in buried], now, insert, fences))
             return [_buried(b, now) if b.id in buried else next(rest) for b in bookings]
         answers: list[str] = []  # per booking, the id of the stored booking that answers it
+        # embedded, every booking is stored already (intake stored it): one read instead of an INSERT that
+        # fails on the primary key, then a SELECT, per booking
+        present = self._bookings_by_id(db, list(dict.fromkeys(b.id for b in bookings))) if insert else {}
         for booking in bookings:
-            existing = self._insert(db, booking) if insert else None
+            existing = self._insert(db, booking) if insert and booking.id not in present else None
             # a key's twin answers for a booking whose Idempotency-Key belongs to an earlier one
             answers.append(existing.id if existing is not None else booking.id)
-        stored = self._bookings_by_id(db, list(dict.fromkeys(answers)))
+        unread = [i for i in dict.fromkeys(answers) if i not in present]
+        stored = present | self._bookings_by_id(db, unread) if unread else present
         missing = [i for i in answers if i not in stored]
         if missing:
             raise NotFound(f"booking {missing[0]} is not in the store")

@@ -114,6 +114,9 @@ class CpuBreakdown:
     server_processes: list[dict[str, Any]] = field(default_factory=list)  # per server process, as (c)'s cpu
     postgres_ours_s: float | None = None  # of postgres: the backends connected to this server's database
     other_top: list[dict[str, Any]] = field(default_factory=list)  # the busiest processes within "other"
+    # of other: what the processes alive at the end used; the rest of other went to processes that ended within
+    # the window (a shared machine's test runs) or to no process (softirq while idle)
+    other_live_s: float | None = None
 
     def cores(self, seconds: float | None) -> float | None:
         return None if seconds is None or self.wall_s <= 0 else seconds / self.wall_s
@@ -180,6 +183,7 @@ class CpuWindow:
                        if pid not in seen), reverse=True)
         other_top = [{"pid": pid, "name": process_name(pid), "cpu_s": round(ticks / CLK_TCK, 2)}
                      for ticks, pid in rest[:OTHER_TOP] if ticks > 0]
+        other_live = sum(ticks for ticks, _ in rest if ticks > 0) / CLK_TCK
         cpu: dict[str, float | None] = {}
         for name in self.roots:
             start, end = self.before[name], after[name]
@@ -198,7 +202,7 @@ class CpuWindow:
             server_processes=server_processes or [],
             postgres_ours_s=None if not self.database else round(
                 sum(t - self.ours.get(pid, 0) for pid, t in ours.items()) / CLK_TCK, 2),
-            other_top=other_top)
+            other_top=other_top, other_live_s=round(other_live, 2))
 
 
 def _round(value: float | None) -> float | None:

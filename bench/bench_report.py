@@ -473,15 +473,14 @@ def scaling_section(servers: dict[str, ServerResult]) -> list[str]:
                                                            else "—" for c in COMPONENTS],
                               _num(b.cores(b.other_s), "", 2), _num(b.idle_cores, "", 2),
                               f"{b.busy_cores:.2f} of {b.ncpu}", _num(b.cores(b.postgres_ours_s), "", 2),
-                              ", ".join(f"{o['name']} {o['pid']}: {b.cores(o['cpu_s']) or 0:.2f}"
-                                        for o in b.other_top) or "—"))
+                              _other(b)))
             server = b.cores(b.cpu_s.get("server")) or 0.0
             other = b.cores(b.other_s) or 0.0
-            shared = (f" ({other:.2f} of them went to other processes: the machine is shared, so the run is noisy)"
+            shared = (f"; {other:.2f} of them went to other processes: the machine is shared, the run is noisy"
                       if other >= SHARED_OTHER else "")
             if b.at_ceiling:
-                ceilings.append(f"{name} {label}: {b.busy_cores:.2f} of {b.ncpu} cores busy (≥ {CEILING_BUSY:.0%})"
-                                f"{shared}, the server itself {server:.2f}: the machine is the limit, not the server; "
+                ceilings.append(f"{name} {label}: {b.busy_cores:.2f} of {b.ncpu} cores busy (≥ {CEILING_BUSY:.0%}"
+                                f"{shared}), the server itself {server:.2f}: the machine is the limit, not the server; "
                                 "more server processes can only take CPU from wrk and the services.")
             else:
                 bound = [f"{p['role']} {p['pid']} {p['cpu_s'] / b.wall_s:.2f}" for p in b.server_processes
@@ -490,7 +489,7 @@ def scaling_section(servers: dict[str, ServerResult]) -> list[str]:
                        "no server process is CPU-bound either: the server waits (the services' round trips, "
                        "the queue, wrk's connections)")
                 ceilings.append(f"{name} {label}: {b.idle_cores:.2f} of {b.ncpu} cores idle (busy {b.busy_cores:.2f}"
-                                f" < {CEILING_BUSY:.0%}){shared}, the server itself {server:.2f}: the machine's CPUs "
+                                f" < {CEILING_BUSY:.0%}{shared}), the server itself {server:.2f}: the machine's CPUs "
                                 f"are not the limit of this run; {why}.")
     lines += ["", *[f"- {c}" for c in ceilings], "",
               "Cores = CPU seconds / wall seconds of the wrk window, sampled from /proc at its start and end "
@@ -503,6 +502,16 @@ def scaling_section(servers: dict[str, ServerResult]) -> list[str]:
               "of /proc/stat. PostgreSQL, Redis and Kafka are shared: their share includes whatever else used them "
               "meanwhile.", ""]
     return lines
+
+
+def _other(b: CpuBreakdown) -> str:
+    """The busiest processes within "other", and how much of it no live process accounts for."""
+    named = ", ".join(f"{o['name']} {o['pid']}: {b.cores(o['cpu_s']) or 0:.2f}" for o in b.other_top) or "—"
+    if b.other_live_s is None:
+        return named
+    gone = b.cores(b.other_s - b.other_live_s) or 0.0
+    return f"{named}; {gone:.2f} in processes that ended within the window or in no process" if gone >= 0.01 \
+        else named
 
 
 def _attr(label: str) -> str:

@@ -297,14 +297,65 @@ def children(pid: int) -> list[int]:
     return sorted(set(found))
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of /proc/<pid>/stat's and /proc/stat's times
+
+
+@dataclass(frozen=True)
+class ProcTimes:
+    """The CPU times of /proc/<pid>/stat, in clock ticks (CLK_TCK per second)."""
+
+    utime: int  # field 14: user time of the process (all its threads)
+    stime: int  # field 15: system time
+    cutime: int  # field 16: user time of its children that exited and were waited for
+    cstime: int  # field 17: their system time
+
+    @property
+    def own(self) -> int:
+        return self.utime + self.stime
+
+    @property
+    def reaped(self) -> int:
+        return self.cutime + self.cstime
+
+
+def parse_pid_stat(text: str) -> ProcTimes:
+    """The times in a /proc/<pid>/stat line. The command name (field 2, in brackets) may hold spaces and
+    brackets itself, so the fields are counted from the last `)`: field 3 (state) is the first after it."""
+    fields = text.rsplit(")", 1)[1].split()
+    return ProcTimes(int(fields[11]), int(fields[12]), int(fields[13]), int(fields[14]))
+
+
+def pid_times(pid: int) -> ProcTimes | None:
+    """/proc/<pid>/stat's times, None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return parse_pid_stat(stat.read())
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time a process has used so far (/proc/<pid>/stat), None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+    times = pid_times(pid)
+    return None if times is None else times.own / CLK_TCK
+
+
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def parse_machine_stat(text: str) -> dict[str, int]:
+    """The machine's CPU time in clock ticks, summed over all CPUs: the `cpu ` line of /proc/stat (user,
+    nice, system, idle, iowait, irq, softirq, steal; guest time is already counted in user and nice)."""
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            values = [int(v) for v in line.split()[1:]]
+            return {name: (values[i] if i < len(values) else 0) for i, name in enumerate(CPU_FIELDS)}
+    raise ValueError("no aggregate `cpu ` line in /proc/stat")
+
+
+def machine_times() -> dict[str, int]:
+    with open("/proc/stat", encoding="ascii") as stat:
+        return parse_machine_stat(stat.read())
 
 
 def open_fds(pid: int) -> int | None:

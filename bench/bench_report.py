@@ -25,6 +25,7 @@ from bench_baselines import (
     pgbench_path,
 )
 from bench_common import COMMANDS, WrkResult
+from bench_cpu import CEILING_BUSY, COMPONENTS, CpuBreakdown
 from bench_profile import Profile
 from bench_scenarios import BookAsyncOutcome, BrowseOutcome, FastifyReads, FlashOutcome, IntakeOutcome, Sizes
 from bench_servers import ServerSpec
@@ -456,6 +457,126 @@ def results_table(servers: dict[str, ServerResult], base: Baselines) -> list[str
     return head + rows
 
 
+# ---------------------------------------------------------------------- 1 -> 2 processes
+
+
+SHARED_OTHER = 0.2  # cores of "other" (processes outside the run) worth a word in the ceiling line
+SCALING_RUNS = (("(c) intake", "intake"), ("(e) book-async", "book_async"))
+
+
+def _sustained(r: ServerResult, attr: str) -> tuple[float, CpuBreakdown | None] | None:
+    """(req/s, CPU breakdown) of one sustained run of a server, None when it did not run."""
+    outcome: IntakeOutcome | BookAsyncOutcome | None = getattr(r, attr)
+    return None if outcome is None else (outcome.wrk.rps, outcome.cpu_window)
+
+
+def scaling(servers: dict[str, ServerResult]) -> list[dict[str, Any]]:
+    """For (c) and (e): distributed1 and distributed2 req/s, their ratio and each one's CPU breakdown in
+    cores (the JSON's `scaling`); empty when neither distributed server ran those scenarios."""
+    out = []
+    for label, attr in SCALING_RUNS:
+        row: dict[str, Any] = {"scenario": label}
+        for name in ("distributed1", "distributed2"):
+            r = servers.get(name)
+            got = _sustained(r, attr) if r is not None else None
+            row[name] = None if got is None else {
+                "rps": round(got[0], 1),
+                "cores": None if got[1] is None else {
+                    **{k: _round(got[1].cores(v)) for k, v in got[1].cpu_s.items()},
+                    "other": _round(got[1].cores(got[1].other_s)), "idle": round(got[1].idle_cores, 2),
+                    "postgres_this_database": _round(got[1].cores(got[1].postgres_ours_s)),
+                    "busy": round(got[1].busy_cores, 2), "of": got[1].ncpu},
+                "at_ceiling": None if got[1] is None else got[1].at_ceiling}
+        one, two = row["distributed1"], row["distributed2"]
+        if one is None and two is None:
+            continue
+        row["ratio"] = round(two["rps"] / one["rps"], 2) if one and two and one["rps"] else None
+        out.append(row)
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def scaling_section(servers: dict[str, ServerResult]) -> list[str]:
+    """The report's "Scaling 1 -> 2 processes" section: req/s and ratio, the cores each component used, and
+    per run whether the machine's CPUs were the ceiling."""
+    rows = scaling(servers)
+    if not rows:
+        return []
+    lines = ["## Scaling 1 → 2 processes", "",
+             "| scenario | distributed1 req/s | distributed2 req/s | 2 / 1 | distributed1 CPU (cores) | "
+             "distributed2 CPU (cores) |", "|---|---:|---:|---:|---|---|"]
+    for row in rows:
+        cells = []
+        for name in ("distributed1", "distributed2"):
+            r = servers.get(name)
+            got = _sustained(r, _attr(row["scenario"])) if r is not None else None
+            cells.append((_num(got[0]) if got else "—", got[1].summary() if got and got[1] else "—"))
+        lines.append(_row(row["scenario"], cells[0][0], cells[1][0],
+                          "—" if row["ratio"] is None else f"{row['ratio']:.2f}x", cells[0][1], cells[1][1]))
+    lines += ["", "| server | scenario | req/s | " + " | ".join(COMPONENTS)
+              + " | other | idle | busy of cores | postgres: this run's database | busiest in other |",
+              "|---|---|---:|" + "---:|" * (len(COMPONENTS) + 4) + "---|"]
+    ceilings = []
+    for name, r in servers.items():
+        for label, attr in SCALING_RUNS:
+            got = _sustained(r, attr)
+            if got is None:
+                continue
+            rps, b = got
+            if b is None:
+                continue
+            lines.append(_row(name, label, _num(rps), *[_num(b.cores(b.cpu_s.get(c)), "", 2) if c in b.cpu_s
+                                                           else "—" for c in COMPONENTS],
+                              _num(b.cores(b.other_s), "", 2), _num(b.idle_cores, "", 2),
+                              f"{b.busy_cores:.2f} of {b.ncpu}", _num(b.cores(b.postgres_ours_s), "", 2),
+                              _other(b)))
+            server = b.cores(b.cpu_s.get("server")) or 0.0
+            other = b.cores(b.other_s) or 0.0
+            shared = (f"; {other:.2f} of them went to other processes: the machine is shared, the run is noisy"
+                      if other >= SHARED_OTHER else "")
+            if b.at_ceiling:
+                ceilings.append(f"{name} {label}: {b.busy_cores:.2f} of {b.ncpu} cores busy (≥ {CEILING_BUSY:.0%}"
+                                f"{shared}), the server itself {server:.2f}: the machine is the limit, not the server; "
+                                "more server processes can only take CPU from wrk and the services.")
+            else:
+                bound = [f"{p['role']} {p['pid']} {p['cpu_s'] / b.wall_s:.2f}" for p in b.server_processes
+                         if b.wall_s > 0 and p["cpu_s"] / b.wall_s >= CEILING_BUSY]
+                why = (f"a server process is CPU-bound ({', '.join(bound)} cores)" if bound else
+                       "no server process is CPU-bound either: the server waits (the services' round trips, "
+                       "the queue, wrk's connections)")
+                ceilings.append(f"{name} {label}: {b.idle_cores:.2f} of {b.ncpu} cores idle (busy {b.busy_cores:.2f}"
+                                f" < {CEILING_BUSY:.0%}{shared}), the server itself {server:.2f}: the machine's CPUs "
+                                f"are not the limit of this run; {why}.")
+    lines += ["", *[f"- {c}" for c in ceilings], "",
+              "Cores = CPU seconds / wall seconds of the wrk window, sampled from /proc at its start and end "
+              "(bench/README.md): server = the server's whole process tree (supervisor and workers with "
+              "`--workers 2`); wrk = its own CPU (getrusage of the finished child); postgres = the postmaster, "
+              "every backend and the backends that ended in the window (in brackets and in its own column: the "
+              "backends connected to this server's database); kafka = the broker's JVM; redis = redis-server; "
+              "bench = run.py itself (with the (c) probe); other = the machine's busy time that none of them used "
+              "(other processes on a shared machine, kernel threads; the busiest are named); idle = idle + iowait "
+              "of /proc/stat. PostgreSQL, Redis and Kafka are shared: their share includes whatever else used them "
+              "meanwhile.", ""]
+    return lines
+
+
+def _other(b: CpuBreakdown) -> str:
+    """The busiest processes within "other", and how much of it no live process accounts for."""
+    named = ", ".join(f"{o['name']} {o['pid']}: {b.cores(o['cpu_s']) or 0:.2f}" for o in b.other_top) or "—"
+    if b.other_live_s is None:
+        return named
+    gone = b.cores(b.other_s - b.other_live_s) or 0.0
+    return f"{named}; {gone:.2f} in processes that ended within the window or in no process" if gone >= 0.01 \
+        else named
+
+
+def _attr(label: str) -> str:
+    return dict(SCALING_RUNS)[label]
+
+
 def _socket_summary(burst: dict[str, Any]) -> str:
     statuses = burst["statuses"]
     odd = sum(n for s, n in statuses.items() if not (s.startswith("2") or s == "409"))
@@ -490,6 +611,7 @@ def markdown(*, title: str, started: str, finished: str, commit: str, dirty: lis
               "open (its share of the fans' connections). Server CPU: user + system seconds each server process "
               "used while the driver ran, and in brackets the driver's own (flash.py: during the burst only); the "
               "machine has 2 cores for everything.", ""]
+    lines += scaling_section(servers)
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     if chart:

@@ -41,6 +41,7 @@ from bench_common import (
     run_wrk,
     shown,
 )
+from bench_cpu import CpuBreakdown, CpuWindow, service_pids
 from bench_servers import Server
 
 INTAKE_SEATS = 200_000  # the API's per-event maximum: 1000 rows x 200
@@ -228,6 +229,14 @@ class Probe:
             conn.close()
 
 
+def cpu_window(server: Server) -> CpuWindow:
+    """Start the CPU accounting of one wrk window: the server's process tree, and PostgreSQL, Redis and Kafka
+    when the run uses the services (their pids from scripts/services.sh pids, looked up now), and the
+    backends of the distributed server's own database."""
+    return CpuWindow(server.pid, service_pids() if server.urls is not None else {},
+                     server.scratch.database if server.scratch is not None else None)
+
+
 # ---------------------------------------------------------------------- (a) and (b): flash.py
 
 
@@ -304,6 +313,7 @@ class IntakeOutcome:
     checks: dict[str, bool]
     notes: list[str]
     cpu: list[dict[str, Any]]  # CPU seconds per server process while wrk ran
+    cpu_window: CpuBreakdown | None = None  # every component's CPU and the machine's idle while wrk ran
 
     @property
     def passed(self) -> bool:
@@ -323,10 +333,12 @@ def intake(server: Server, seconds: float, threads: int, connections: int, label
     with Probe(server.port, event["id"]) as probe:
         if extra is not None:
             extra(seconds)
+        window = cpu_window(server)
         cpu_before = server.cpu()
         result = run_wrk(f"{server.spec.name} {label}", server.url, "intake.lua", [event["id"]],
                          threads=threads, connections=connections, duration=seconds)
         cpu = server.cpu_since(cpu_before)
+        breakdown = window.finish(result.client_cpu_s, cpu)
     expected = result.accepted + probe.accepted
     covered_at, counts = _await_covered(server, event["id"], expected, result.ended_at)
     seats, tally = seat_tally(server, event["id"])
@@ -348,7 +360,7 @@ def intake(server: Server, seconds: float, threads: int, connections: int, label
              f"({in_flight:+d}: requests in flight when wrk stopped); store: {line.bookings} bookings, "
              f"{line.pending} pending"]
     return IntakeOutcome(result, event["id"], list(probe.samples), probe.accepted, counts, tally, event["capacity"],
-                         seats, covered_at, line, checks, notes, cpu)
+                         seats, covered_at, line, checks, notes, cpu, breakdown)
 
 
 def _await_covered(server: Server, event_id: str, expected: int, wrk_end: float) -> tuple[float | None,
@@ -496,6 +508,7 @@ class BookAsyncOutcome:
     time_to_decided: float | None  # seconds after wrk ended until no booking of the event was pending
     checks: dict[str, bool]
     cpu: list[dict[str, Any]]
+    cpu_window: CpuBreakdown | None = None
 
     @property
     def passed(self) -> bool:
@@ -507,11 +520,13 @@ def book_async(server: Server, seconds: float, threads: int, connections: int) -
     200,000-seat event; then every booking of the event in the store must be decided (bounded)."""
     event = create_event(server, f"bench book-async {time.strftime('%H:%M:%S')}", 1000, INTAKE_SEATS // 1000)
     log(f"{server.spec.name}: (e) book-async for {seconds:g} s on {event['id']}")
+    window = cpu_window(server)
     cpu_before = server.cpu()
     result = run_wrk(f"{server.spec.name} (e) book-async", server.url, "book_async.lua",
                      [event["id"], str(INTAKE_SEATS), str(threads)], threads=threads, connections=connections,
                      duration=seconds)
     cpu = server.cpu_since(cpu_before)
+    breakdown = window.finish(result.client_cpu_s, cpu)
     # intake only: nothing is decided, so there is nothing to wait for
     deadline = result.ended_at + (DECIDE_BOUND if server.spec.consumers != 0 else 0.0)
     line = timeline(server, event["id"])
@@ -527,4 +542,5 @@ def book_async(server: Server, seconds: float, threads: int, connections: int) -
     if server.spec.consumers != 0:  # intake only: the bookings wait in Kafka for a consumer, by design
         checks["store: every 202 is a booking"] = line.bookings >= result.accepted
         checks["store: no booking left pending"] = line.pending == 0
-    return BookAsyncOutcome(result, event["id"], line, None if done_at is None else round(done_at, 2), checks, cpu)
+    return BookAsyncOutcome(result, event["id"], line, None if done_at is None else round(done_at, 2), checks, cpu,
+                            breakdown)

@@ -53,7 +53,11 @@ Targets (reported PASS/MISS; a MISS does not fail the run). Issue 10's: (e) /api
 Output: bench/results/<UTC date>-<short commit>.md (machine, versions, targets, results, notes, chart,
 profile, server log errors and warnings, the exact commands), <same>.png (throughput, decisions/s and probe
 latency over time during (c)), <same>.json (every number), <same>-profile.svg; with --quick the name ends
-in -quick. The targets and results tables are printed too.
+in -quick. During the wrk window of (c) and (e) the CPU of every component (the server's processes, wrk,
+Kafka, PostgreSQL with all its backends, Redis, run.py, the rest of the machine, idle) is read from /proc;
+the report's "Scaling 1 -> 2 processes" section (and the JSON's `scaling`) sets distributed1 against
+distributed2 with those cores and says whether the machine's cores were the ceiling. The targets, results
+and scaling tables are printed too.
 
 Exit status: 0 when every check passed (targets that are missed do not fail the run: they are reported
 as MISS), 1 when a check failed (oversold, inconsistent counts, an accepted booking left undecided, a 5xx
@@ -90,7 +94,17 @@ from bench_baselines import (
 )
 from bench_common import BENCH, COMMANDS, REPO, BenchError, log, raise_nofile
 from bench_profile import Recorder
-from bench_report import Baselines, ServerResult, analysis_notes, chart, machine, markdown, targets, versions
+from bench_report import (
+    Baselines,
+    ServerResult,
+    analysis_notes,
+    chart,
+    machine,
+    markdown,
+    scaling,
+    targets,
+    versions,
+)
 from bench_scenarios import QUICK, FastifyReads, Sizes, book_async, browse, flash, intake
 from bench_servers import SPECS, Server, service_urls
 
@@ -268,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         chart=png.name if has_chart else None, profile=embedded.profile if embedded else None, notes=notes)
     (out / f"{stem}.md").write_text(report)
     (out / f"{stem}.json").write_bytes(orjson.dumps(
-        {"servers": servers, "baselines": base, "targets": goals, "failures": failures,
+        {"servers": servers, "baselines": base, "targets": goals, "scaling": scaling(servers), "failures": failures,
          "sizes": sizes, "commands": COMMANDS.entries},
         default=_jsonable, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
     section = report.split("## Targets", 1)[1].split("## Notes", 1)[0].split("## Chart", 1)[0]

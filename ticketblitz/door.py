@@ -55,6 +55,7 @@ MAX_BUSY_ANSWERS = 64  # connections over the cap answered at once; more are clo
 BUSY_SECONDS = 1.0  # for writing the 503 of a connection over the cap
 LINGER_SECONDS = 2.0  # after a refusal: read (and drop) what the client still sends, so it gets the answer
 LINGER_BYTES = 1 << 20
+UNYIELDED_ANSWERS = 8  # answers a pipelining client gets in a row before its task lets the others run
 UPSTREAM_SEND_SECONDS = 10.0  # for handing a request (≤ head + body limits) to Hypercorn
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
 
@@ -135,15 +136,16 @@ class IntakeDoor:
     async def serve(self, sock: socket.socket, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept until `close()`, then let every connection finish its request in flight."""
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        sock.setblocking(False)
         async with trio.open_nursery() as door:
             door.start_soon(self._enforce_deadlines)
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 with trio.CancelScope() as accepting:
                     nursery.start_soon(self._stop_accepting, accepting)
-                    await self._accept(listener, nursery)
-                await listener.aclose()
+                    await self._accept(sock, nursery)
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
             door.cancel_scope.cancel()  # every connection is closed
 
     async def _stop_accepting(self, scope: trio.CancelScope) -> None:
@@ -167,11 +169,11 @@ class IntakeDoor:
                 if connection.deadline <= now:
                     connection.scope.cancel()
 
-    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept(self, listening: socket.socket, nursery: trio.Nursery) -> None:
         failures, logged = 0, -ACCEPT_LOG_EVERY
         while True:
             try:
-                stream = await listener.accept()
+                raw = await _accept_one(listening)
             except OSError as exc:
                 # out of descriptors (EMFILE/ENFILE) or kernel memory: wait for connections to close,
                 # as trio.serve_listeners does; any other accept error is logged the same way and retried
@@ -185,6 +187,7 @@ class IntakeDoor:
                     failures, logged = 0, now
                 await trio.sleep(ACCEPT_BACKOFF)
                 continue
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))  # (sets TCP_NODELAY)
             if self.connections >= self.max_connections:
                 if self.busy_answers < MAX_BUSY_ANSWERS:
                     self.busy_answers += 1
@@ -193,7 +196,7 @@ class IntakeDoor:
                     stream.socket.close()
                 continue
             self.connections += 1
-            nursery.start_soon(self._connection, stream)
+            nursery.start_soon(self._connection, stream, raw)
 
     async def _answer_busy(self, stream: trio.SocketStream) -> None:
         """503 + Retry-After to a connection over the cap, then close it."""
@@ -208,9 +211,9 @@ class IntakeDoor:
             self.service.telemetry.record_request(503, 0.0, "(over the connection cap)")
             await trio.aclose_forcefully(stream)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
+    async def _connection(self, stream: trio.SocketStream, raw: socket.socket) -> None:
         try:
-            await _Connection(self, stream).run()
+            await _Connection(self, stream, raw).run()
         except _GONE:
             pass  # the client went away
         except Exception:  # never BaseException: Cancelled must go on
@@ -218,6 +221,19 @@ class IntakeDoor:
         finally:
             self.connections -= 1
             await trio.aclose_forcefully(stream)
+
+
+async def _accept_one(listening: socket.socket) -> socket.socket:
+    """The next connection of the (non-blocking) listening socket, as a non-blocking stdlib socket."""
+    await trio.lowlevel.checkpoint()  # a backlog of connections must not starve the others
+    while True:
+        try:
+            raw, _ = listening.accept()
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(listening)
+            continue
+        raw.setblocking(False)
+        return raw
 
 
 async def _linger(stream: trio.SocketStream, seconds: float) -> None:
@@ -236,12 +252,14 @@ async def _linger(stream: trio.SocketStream, seconds: float) -> None:
 class _Connection:
     """One client connection: the core's events in, answers out, in order."""
 
-    __slots__ = ("deadline", "door", "http", "phase", "phase_started", "scope", "stream", "upstream",
-                 "upstream_used")
+    __slots__ = ("deadline", "door", "http", "phase", "phase_started", "raw", "scope", "stream", "unyielded",
+                 "upstream", "upstream_used")
 
-    def __init__(self, door: IntakeDoor, stream: trio.SocketStream) -> None:
+    def __init__(self, door: IntakeDoor, stream: trio.SocketStream, raw: socket.socket) -> None:
         self.door = door
-        self.stream = stream
+        self.stream = stream  # for the rare paths (relay, linger, large bodies): trio's layers
+        self.raw = raw  # the same socket, for the hot path: one recv or send per call, no wrapper layers
+        self.unyielded = 0  # answers sent since this connection last waited for its client
         self.http = ServerConnection(door.limits)
         self.scope = trio.CancelScope()  # cancelled by the door when a deadline passed (or idle at shutdown)
         self.phase: str | None = None  # the phase whose deadline runs, since phase_started
@@ -314,13 +332,47 @@ class _Connection:
             await self.stream.send_all(CONTINUE)
         door._waiting.add(self)
         try:
-            data = await self.stream.receive_some(READ_SIZE)
+            data = await self._recv()
         finally:
             door._waiting.discard(self)
         if self.scope.cancel_called:  # the deadline passed as the bytes came: too late all the same
             return False
         http.receive_data(data)
         return True
+
+    async def _recv(self) -> bytes:
+        """The client's next bytes (b"" at its end of stream). Waits for the socket to be readable first:
+        between two requests of a keep-alive client the socket is nearly always empty, so trying recv
+        first would cost a failed syscall and an exception per request."""
+        raw = self.raw
+        self.unyielded = 0
+        while True:
+            await trio.lowlevel.wait_readable(raw)
+            try:
+                return raw.recv(READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"receive failed: {exc}") from exc
+
+    async def _send(self, data: bytes) -> None:
+        """Send an answer: one send() takes a small one whole; the rest goes through trio's send_all,
+        which waits for room. A pipelining client gets a checkpoint every few answers, so that its
+        buffered requests cannot keep the loop from the other connections."""
+        try:
+            sent = self.raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"send failed: {exc}") from exc
+        if sent < len(data):
+            await self.stream.send_all(memoryview(data)[sent:])
+            self.unyielded = 0
+            return
+        self.unyielded += 1
+        if self.unyielded >= UNYIELDED_ANSWERS:
+            self.unyielded = 0
+            await trio.lowlevel.checkpoint()
 
     async def _refuse(self, refusal: Refusal) -> None:
         self.door.service.telemetry.record_request(refusal.status, 0.0, "(refused)")
@@ -342,9 +394,9 @@ class _Connection:
             door.service.telemetry.record_request(answer.status, time.perf_counter() - clock,
                                                   BOOKINGS_TEMPLATE if params else "POST " + request.path)
             keep_alive = keep_alive and not door.closing.is_set()
-            await self.stream.send_all(serialize(answer.status, answer.content_type, answer.headers,
-                                                 orjson.dumps(answer.body), keep_alive=keep_alive,
-                                                 http10=request.version == "1.0"))
+            await self._send(serialize(answer.status, answer.content_type, answer.headers,
+                                       orjson.dumps(answer.body), keep_alive=keep_alive,
+                                       http10=request.version == "1.0"))
             return keep_alive
         read = _read_route(request)
         if read is not None:
@@ -355,7 +407,7 @@ class _Connection:
             door.service.telemetry.record_request(reply.status, time.perf_counter() - clock, name)
             keep_alive = keep_alive and not door.closing.is_set()
             large = len(reply.body) > LARGE_BODY
-            await self.stream.send_all(serialize(
+            await self._send(serialize(
                 reply.status, reply.content_type,
                 reads.finish(reply, door.service.settings.cors_origin_set, headers.get("origin")),
                 reply.body, keep_alive=keep_alive, http10=request.version == "1.0", head_only=large))

@@ -2,12 +2,11 @@
 process"): both answer `POST /hello` (and GET) with `{"hello": "world"}` on 127.0.0.1.
 
 - `quart`: a Quart-Trio app served by `hypercorn.trio.serve` — what every non-intake route goes through.
-- `door`: the loop of `ticketblitz/door.py` — Trio, the sans-IO core `ticketblitz.http` (every limit
-  and smuggling check), deadlines per request, orjson, keep-alive and pipelining — without the booking
-  service behind it.
-- `intake-door`: `ticketblitz.door.IntakeDoor` itself, with `/hello` added to its intake routes and a
-  stand-in for the booking service (its settings and telemetry): the real door, so that two versions
-  of it can be compared (run this file with `PYTHONPATH` at another checkout).
+- `door` (also `intake-door`): `ticketblitz.door.IntakeDoor` itself — Trio, the sans-IO core
+  `ticketblitz.http` (every limit and smuggling check), deadlines, orjson, keep-alive and pipelining, its
+  socket fast path — with `/hello` added to its intake routes and a stand-in for the booking service (its
+  settings and telemetry). (Until 2026-12-01 `door` was a copy of the door's loop in this file; it is the
+  real door now, so the baseline cannot drift from what serves the routes.)
 - `httptools`: a bare Trio accept loop with the httptools C parser and orjson and none of those checks
   (the door before it had its own HTTP core): the ceiling the door is measured against.
 
@@ -106,106 +105,6 @@ async def serve_httptools(port: int, stop: trio.Event) -> None:
     await _serve(_door_connection, port, stop)
 
 
-# ====================================================================== mode "door"
-
-HEADER_TIMEOUT, BODY_TIMEOUT, IDLE_TIMEOUT, TICK = 10.0, 10.0, 15.0, 0.25
-
-
-class _CoreConnection:
-    """What `ticketblitz.door._Connection` does per request, with /hello as the only route."""
-
-    def __init__(self, stream: trio.SocketStream, waiting: set[_CoreConnection]) -> None:
-        from ticketblitz.http import ServerConnection
-
-        self.stream = stream
-        self.waiting = waiting
-        self.http = ServerConnection()
-        self.scope = trio.CancelScope()
-        self.phase: str | None = None
-        self.deadline = float("inf")
-
-    async def run(self) -> None:
-        from ticketblitz.http import CLOSED, END, NEED_DATA, Data, Phase, Refusal, Request, serialize
-        from ticketblitz.http.core import CONTINUE
-
-        http, stream = self.http, self.stream
-        request: Request | None = None
-        body: list[bytes] = []
-        with self.scope:
-            while True:
-                event = http.next_event()
-                kind = type(event)
-                if kind is Data:
-                    body.append(event.data)  # type: ignore[union-attr]
-                elif kind is Request or event is END:
-                    if kind is Request:
-                        request = event  # type: ignore[assignment]
-                        assert request is not None
-                        if request.body is None:
-                            body.clear()
-                            continue
-                        body = [request.body]
-                    assert request is not None
-                    self.phase = None
-                    if request.path == "/hello" and request.method in ("GET", "POST"):
-                        status, answer = 200, HELLO
-                    else:
-                        status, answer = 404, b'{"code":"not_found"}'
-                    _payload = b"".join(body)  # (the door hands the body to its route)
-                    await stream.send_all(serialize(status, "application/json", (), answer,
-                                                    keep_alive=request.keep_alive, http10=request.version == "1.0"))
-                    if not request.keep_alive:
-                        return
-                elif event is NEED_DATA:
-                    phase = http.phase
-                    if phase is not self.phase:
-                        self.phase = phase
-                        timeout = IDLE_TIMEOUT if phase is Phase.IDLE else \
-                            HEADER_TIMEOUT if phase is Phase.HEAD else BODY_TIMEOUT
-                        self.deadline = trio.current_time() + timeout
-                    if phase is Phase.BODY and http.take_continue():
-                        await stream.send_all(CONTINUE)
-                    self.waiting.add(self)
-                    try:
-                        data = await stream.receive_some(READ_SIZE)
-                    finally:
-                        self.waiting.discard(self)
-                    if self.scope.cancel_called:
-                        return
-                    http.receive_data(data)
-                elif kind is Refusal:
-                    await stream.send_all(serialize(event.status, "application/problem+json", (),  # type: ignore[union-attr]
-                                                    b'{"code":"invalid_request"}', keep_alive=False))
-                    return
-                else:
-                    assert event is CLOSED
-                    return
-
-
-async def serve_door(port: int, stop: trio.Event) -> None:
-    waiting: set[_CoreConnection] = set()
-
-    async def connection(stream: trio.SocketStream) -> None:
-        async with stream:
-            try:
-                await _CoreConnection(stream, waiting).run()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
-                pass
-
-    async def enforce_deadlines() -> None:
-        while True:
-            await trio.sleep(TICK)
-            now = trio.current_time()
-            for conn in waiting:
-                if conn.deadline <= now:
-                    conn.scope.cancel()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(enforce_deadlines)
-        await _serve(connection, port, stop)
-        nursery.cancel_scope.cancel()
-
-
 # ====================================================================== mode "intake-door"
 
 
@@ -279,7 +178,7 @@ async def main_async(mode: str, port: int) -> None:
                     return
 
         nursery.start_soon(watch_signals)
-        serve = {"door": serve_door, "httptools": serve_httptools, "quart": serve_quart,
+        serve = {"door": serve_intake_door, "httptools": serve_httptools, "quart": serve_quart,
                  "intake-door": serve_intake_door}[mode]
         await serve(port, stop)
         nursery.cancel_scope.cancel()

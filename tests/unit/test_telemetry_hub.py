@@ -226,3 +226,30 @@ def test_metrics_come_from_the_same_counters() -> None:
     again = {(s.name, tuple(sorted(s.labels.items()))): s.value
              for f in text_string_to_metric_families(t.metrics_text().decode()) for s in f.samples}
     assert again[("ticketblitz_http_requests_total", (("code", "202"), ("route", "POST /api/book-async")))] == 4
+
+
+def test_latencies_observed_per_bucket_equal_observing_each_answer() -> None:
+    """`Metrics.observe` counts a tick's latencies per bucket and adds them at once: the histogram it
+    exposes is the one `Histogram.observe` would give for each answer, edges of buckets included."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from ticketblitz.telemetry.metrics import LATENCY_BUCKETS, Metrics
+
+    values = [0.0, 0.0004, LATENCY_BUCKETS[0], LATENCY_BUCKETS[3], 0.0123, LATENCY_BUCKETS[-1], 99.0, 1e-9]
+    metrics = Metrics()
+    metrics.observe("GET /x", values[:3])
+    metrics.observe("GET /x", values[3:])
+    registry = CollectorRegistry()
+    each = Histogram("ticketblitz_http_request_duration_seconds", "Time to answer HTTP requests, by route template.",
+                     ["route"], buckets=LATENCY_BUCKETS, registry=registry)
+    for v in values:
+        each.labels("GET /x").observe(v)
+
+    def lines(text: bytes) -> list[str]:
+        return sorted(line for line in text.decode().splitlines()
+                      if line.startswith("ticketblitz_http_request_duration_seconds_") and "_created" not in line)
+
+    assert metrics.registry is not None
+    ours = lines(generate_latest(metrics.registry))
+    assert ours and ours == lines(generate_latest(registry))
+    assert 'ticketblitz_http_request_duration_seconds_count{route="GET /x"} 8.0' in ours

@@ -280,11 +280,16 @@ class Telemetry:
         the Prometheus metrics up to date."""
         answers, self._answers = self._answers, []
         http, metrics = self._http_tick, self.metrics
+        by_route: dict[str, list[float]] = {}
         for route, code, seconds in answers:
             self.requests[code] += 1
             self.http_totals[(route, code)] += 1
             self._window_latencies.append(seconds)
-            metrics.observe(route, seconds)
+            durations = by_route.get(route)
+            if durations is None:
+                by_route[route] = [seconds]
+            else:
+                durations.append(seconds)
             ms = seconds * 1000
             agg = http.get((route, code))
             if agg is None:
@@ -293,6 +298,8 @@ class Telemetry:
                 agg[0] += 1
                 agg[1] = max(agg[1], ms)
                 agg[2] += ms
+        for route, durations in by_route.items():
+            metrics.observe(route, durations)
         metrics.sync(self)
 
     def flush(self) -> int:

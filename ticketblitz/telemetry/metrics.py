@@ -8,8 +8,9 @@ supervisor sets PROMETHEUS_MULTIPROC_DIR for the workers: metrics then live in t
 
 from __future__ import annotations
 
+import bisect
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -86,11 +87,22 @@ class Metrics:
                 metric.inc(delta)
                 synced[None] = value
 
-    def observe(self, route: str, seconds: float) -> None:
+    def observe(self, route: str, seconds: Sequence[float]) -> None:
+        """Answer latencies of one route into its histogram: counted per bucket here, then one `inc` per
+        bucket touched (`Histogram.observe` takes a lock and walks the buckets for every answer, which cost
+        5 % of the door's hello world). Same numbers as observing each: the buckets are stored per bucket
+        (not cumulative) and summed when collected."""
         child = self._durations.get(route)
         if child is None:  # labels() costs a lock and a lookup: once per route, not once per answer
             child = self._durations[route] = self.http_duration.labels(route)
-        child.observe(seconds)
+        bounds = child._upper_bounds
+        counts: dict[int, int] = {}
+        for value in seconds:
+            i = bisect.bisect_left(bounds, value)  # the first bucket whose upper bound is >= value
+            counts[i] = counts.get(i, 0) + 1
+        child._sum.inc(sum(seconds))
+        for i, n in counts.items():
+            child._buckets[i].inc(n)
 
     def set_gauges(self, values: Mapping[str, float]) -> None:
         for name, value in values.items():

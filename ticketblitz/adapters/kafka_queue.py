@@ -412,7 +412,8 @@ class KafkaQueue:
         return self._deliveries.depth()
 
     async def lag(self) -> int:
-        """Messages not yet committed on the partitions assigned here (end offset - committed); approximate."""
+        """Records (of one or more bookings) not yet committed on the partitions assigned here (end offset -
+        committed); approximate."""
         if self._consumer is None:
             return 0
         return await self._in_thread(self._measure_lag, limiter=self._consumer_turn)

@@ -155,8 +155,10 @@ def test_parked_bookings_keep_their_envelope_uncommitted_and_come_first() -> Non
     d.finish([batch[0]])
     d.park([batch[1]])
     assert d.commits() == {}
-    assert d.unpark(10) == [batch[1], *batch[2:]]  # the retry first, then what was held
+    assert d.unpark(10) == [batch[1]]
     assert d.unpark(10) == []
+    assert d.take_held(10) == batch[2:]
+    assert d.take_held(10) == []
     d.finish(batch[1:])
     assert d.commits() == {P0: 1}
 
@@ -167,8 +169,8 @@ def test_held_bookings_are_served_in_order_and_skipped_once_decided() -> None:
     d.took(P0, 0, batch)
     d.hold(P0, batch[1:])
     d.finish([batch[2]])  # decided through a redelivered copy meanwhile
-    assert d.unpark(2) == [batch[1], batch[3]]
-    assert d.unpark(10) == batch[4:]
+    assert d.take_held(2) == [batch[1], batch[3]]
+    assert d.take_held(10) == batch[4:]
 
 
 def test_forget_drops_what_was_read_from_revoked_partitions_only() -> None:
@@ -181,7 +183,8 @@ def test_forget_drops_what_was_read_from_revoked_partitions_only() -> None:
     d.park([there[0], here[0]])
     d.forget([P1])
     assert d.depth() == 3
-    assert d.unpark(10) == here  # parked here[0], then the held rest of P0; nothing of P1
+    assert d.unpark(10) == here[:1]  # nothing of P1
+    assert d.take_held(10) == here[1:]
     assert d.finish(there) == 0
     d.finish(here)
     assert d.commits() == {P0: 1}

@@ -30,6 +30,7 @@ booking). The producer is thread-safe; the consumer is not, so its calls take tu
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -237,14 +238,20 @@ class Deliveries:
                     self._parked_ids.add(booking.id)
 
     def unpark(self, max_items: int) -> list[Booking]:
-        """Up to `max_items` bookings already taken: those waiting for a retry first, oldest first, then
-        those read and not yet served (skipping any decided meanwhile through a redelivered copy)."""
+        """Up to `max_items` bookings waiting for a retry, oldest first."""
         with self._lock:
             batch: list[Booking] = []
             while self._parked and len(batch) < max_items:
                 booking = self._parked.popleft()
                 self._parked_ids.discard(booking.id)
                 batch.append(booking)
+            return batch
+
+    def take_held(self, max_items: int) -> list[Booking]:
+        """Up to `max_items` bookings read and not yet served, in order (skipping any decided meanwhile
+        through a redelivered copy)."""
+        with self._lock:
+            batch: list[Booking] = []
             while self._ready and len(batch) < max_items:
                 _, booking = self._ready.popleft()
                 if booking.id in self._positions:
@@ -448,7 +455,7 @@ class KafkaQueue:
 
     # ------------------------------------------------------------------ consumers
     async def take_batch(self, max_items: int) -> list[Booking]:
-        """Bookings to decide: those waiting for a retry first, else the next messages (waits for one).
+        """Bookings to decide: those waiting for a retry first, else the next ones read (waits for one).
 
         Broker trouble is logged and waited out here, never raised: the consumer tasks have nothing
         better to do than to wait for the broker."""
@@ -668,9 +675,13 @@ class KafkaQueue:
         consumer = self._consumer
         if consumer is None:  # closed while this call waited for its turn
             return []
-        # A record carries several bookings: ask for about as many records as make `max_items` bookings.
-        records = consumer.poll(timeout_ms=POLL_MS, max_records=max(1, int(max_items / self._per_record)))
-        taken: list[Booking] = []
+        # Bookings read by an earlier poll first, topped up by what is there now (without waiting).
+        taken = self._deliveries.take_held(max_items)
+        if len(taken) >= max_items:
+            return taken
+        # A record carries several bookings: ask for about as many records as make the rest.
+        want = math.ceil((max_items - len(taken)) / self._per_record)
+        records = consumer.poll(timeout_ms=0 if taken else POLL_MS, max_records=max(1, want))
         count = 0
         for tp, batch in records.items():
             for record in batch:

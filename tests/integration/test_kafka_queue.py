@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import orjson
 import pytest
 import trio
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -27,8 +28,8 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from tcp_proxy import TcpProxy, advertise
 
-from ticketblitz.adapters.kafka_queue import KafkaQueue, message_key
-from ticketblitz.codec import booking_from_json, booking_to_json
+from ticketblitz.adapters.kafka_queue import KafkaQueue, message_key, partition_for
+from ticketblitz.codec import booking_from_json, booking_to_json, bookings_from_json, envelope_to_json
 from ticketblitz.domain.errors import Unavailable
 from ticketblitz.domain.model import Booking, new_booking_id
 
@@ -183,6 +184,11 @@ async def nothing_more(queue: KafkaQueue, wait: float = 1.0) -> bool:
     return True
 
 
+def by_booking(records: list[Any]) -> dict[str, tuple[Any, int]]:
+    """Booking id -> (the record carrying it, its place in the record's envelope)."""
+    return {b.id: (r, n) for r in records for n, b in enumerate(bookings_from_json(r.value))}
+
+
 async def grown_partition(kafka: KafkaTopics, before: dict[int, int]) -> tuple[int, int]:
     """The one partition that grew since `before`, and its offset then."""
     after = await in_thread(kafka.end_offsets)
@@ -209,14 +215,16 @@ async def test_the_producer_is_idempotent_on_this_broker(kafka: KafkaTopics, gro
                                                          open_queue: OpenQueue) -> None:
     queue = await open_queue(group, consume=False)
     before = await in_thread(kafka.end_offsets)
-    await queue.enqueue(bookings_of("evt_idem", 5))
+    for one in bookings_of("evt_idem", 5):  # five records: sequence numbers 0..4
+        await queue.enqueue([one])
     partition, _ = await grown_partition(kafka, before)
 
     tp = TopicPartition(kafka.topic, partition)
     states = await in_thread(kafka.admin.describe_producers, [tp])
     # The broker keeps sequence state only for producers that got a producer id (InitProducerId).
     producers = states[tp].active_producers
-    assert producers and all(p.producer_id >= 0 and p.last_sequence >= 4 for p in producers)
+    assert producers and all(p.producer_id >= 0 for p in producers)
+    assert any(p.last_sequence >= 4 for p in producers)  # ours (earlier tests' producers wrote fewer here)
 
 
 async def test_keys_keep_an_event_in_one_partition(kafka: KafkaTopics, group: str, open_queue: OpenQueue) -> None:
@@ -228,16 +236,27 @@ async def test_keys_keep_an_event_in_one_partition(kafka: KafkaTopics, group: st
 
     await queue.enqueue(sent + named)
 
-    records = await in_thread(kafka.read, kafka.topic, before, len(sent) + len(named))
-    by_id = {booking_from_json(r.value).id: r for r in records}
+    after = await in_thread(kafka.end_offsets)
+    records = await in_thread(kafka.read, kafka.topic, before, sum(after[p] - before[p] for p in after))
+    assert len(records) == len({r.partition for r in records}), "one record per partition per enqueue"
+    by_id = by_booking(records)
+    assert set(by_id) == {b.id for b in sent + named}
     for event in events:
         ours = [b for b in sent if b.event_id == event]
-        assert len({by_id[b.id].partition for b in ours}) == 1, event
-        offsets = [by_id[b.id].offset for b in ours]
-        assert offsets == sorted(offsets), "an event's bookings keep their order"
+        assert len({by_id[b.id][0].partition for b in ours}) == 1, event
+        places = [(by_id[b.id][0].offset, by_id[b.id][1]) for b in ours]
+        assert places == sorted(places), "an event's bookings keep their order"
+    # Each booking is in the partition kafka-python's own partitioner picks for its key, as when every
+    # booking was a record of its own; the record is keyed by its first booking.
+    producer = queue._producer_now()
+    partitioner, cluster = producer.config["partitioner"], producer._metadata
     for b in sent + named:
-        assert by_id[b.id].key == message_key(b)
-    assert {by_id[b.id].key for b in named} == {f"evt_named:B-2-{n}".encode() for n in range(1, 11)}
+        key = message_key(b)
+        assert by_id[b.id][0].partition == partitioner.partition(kafka.topic, key, key, None, None, cluster)
+        assert by_id[b.id][0].partition == partition_for(key, sorted(cluster.partitions_for_topic(kafka.topic)))
+    for record in records:
+        assert record.key == message_key(bookings_from_json(record.value)[0])
+    assert len({by_id[b.id][0].partition for b in named}) > 1, "named seats spread over the partitions"
 
 
 async def test_enqueue_against_an_unreachable_broker_is_unavailable_within_the_produce_timeout() -> None:
@@ -309,12 +328,15 @@ async def test_unacked_bookings_are_redelivered_to_the_next_consumer(kafka: Kafk
                                                                      open_queue: OpenQueue) -> None:
     first = await open_queue(group)
     sent = bookings_of("evt_crash", 20)  # one event: one partition, taken in order
-    await first.enqueue(sent)
+    await first.enqueue(sent[:8])  # two records
+    await first.enqueue(sent[8:])
     taken = await take(first, 20, ack=False)
     assert taken == sent
-    await first.ack(taken[:8])  # decided; the other 12 never were (the store write failed, say)
+    await first.ack(taken[:10])  # decided; the other 10 never were (the store write failed, say)
     await first.close()
 
+    # The first record is done; the second is redelivered whole, its two decided bookings too (deciding
+    # is idempotent).
     second = await open_queue(group)
     assert await take(second, 12) == sent[8:]
     assert await nothing_more(second)
@@ -324,7 +346,9 @@ async def test_out_of_order_acks_never_commit_past_an_unacked_booking(kafka: Kaf
                                                                        open_queue: OpenQueue) -> None:
     queue = await open_queue(group)
     before = await in_thread(kafka.end_offsets)
-    await queue.enqueue(bookings_of("evt_order", 30))
+    sent = bookings_of("evt_order", 30)
+    for n in range(0, 30, 10):  # three records of ten bookings
+        await queue.enqueue(sent[n:n + 10])
     partition, base = await grown_partition(kafka, before)
     taken = await take(queue, 30, batch=10, ack=False)  # three batches in flight, as with two consumers
 
@@ -338,14 +362,16 @@ async def test_out_of_order_acks_never_commit_past_an_unacked_booking(kafka: Kaf
     assert await committed() == base  # the very first booking is still undecided
     assert queue.depth() == 1
     await queue.ack(taken[:1])
-    assert await committed() == base + 30
+    assert await committed() == base + 3
     assert queue.depth() == 0
 
 
 async def test_retried_bookings_come_back_first(kafka: KafkaTopics, group: str, open_queue: OpenQueue) -> None:
     queue = await open_queue(group)
     before = await in_thread(kafka.end_offsets)
-    await queue.enqueue(bookings_of("evt_retry", 5))
+    sent = bookings_of("evt_retry", 5)
+    await queue.enqueue(sent[:1])  # a record of one booking, then one of four
+    await queue.enqueue(sent[1:])
     partition, base = await grown_partition(kafka, before)
     taken = await take(queue, 5, ack=False)
 
@@ -356,7 +382,7 @@ async def test_retried_bookings_come_back_first(kafka: KafkaTopics, group: str, 
 
     assert await queue.take_batch(10) == taken[1:3]
     await queue.ack(taken[1:3])
-    assert (await in_thread(kafka.committed, group))[partition] == base + 5
+    assert (await in_thread(kafka.committed, group))[partition] == base + 2
     await queue.retry(taken[:1])  # already acked: nothing to retry
     assert queue.depth() == 0
     assert await nothing_more(queue)
@@ -364,31 +390,39 @@ async def test_retried_bookings_come_back_first(kafka: KafkaTopics, group: str, 
 
 async def test_lag_counts_what_is_not_committed(kafka: KafkaTopics, group: str, open_queue: OpenQueue) -> None:
     queue = await open_queue(group)
-    await queue.enqueue(bookings_of("evt_lag", 50))
-    first = await queue.take_batch(10)
-    await queue.ack(first)
-    assert await queue.lag() == 50 - len(first)
+    sent = bookings_of("evt_lag", 50)
+    for n in range(0, 50, 10):  # five records of ten bookings
+        await queue.enqueue(sent[n:n + 10])
+    first = await take(queue, 15, batch=15)  # the first record done, the second not yet
+    assert first == sent[:15]
+    assert await queue.lag() == 4  # records, not bookings
+    await take(queue, 35)
+    assert await queue.lag() == 0
 
 
 # ====================================================================== dead letters
 async def test_a_poison_message_is_dead_lettered_and_does_not_block_the_partition(
         kafka: KafkaTopics, group: str, open_queue: OpenQueue) -> None:
     queue = await open_queue(group)
-    good = [booking("evt_poison", 1), booking("evt_poison", 2)]
-    poison = [b"{not json", b'{"id": "bkg_x"}']
+    good = [booking("evt_poison", n) for n in range(1, 5)]
+    spoilt = orjson.loads(envelope_to_json([booking("evt_poison", 8), booking("evt_poison", 9)]))
+    del spoilt["bookings"][1]["user_id"]  # one bad booking spoils its whole envelope
+    poison = [b"{not json", b'{"id": "bkg_x"}', orjson.dumps(spoilt)]
     key = b"evt_poison"
     dlq_before = await in_thread(kafka.end_offsets, kafka.dlq)
-    await in_thread(kafka.produce_raw, [(key, booking_to_json(good[0])), (key, poison[0]),
-                                        (key, poison[1]), (key, booking_to_json(good[1]))], 0)
+    # A record of before envelopes (one booking), poison, and an envelope of three.
+    await in_thread(kafka.produce_raw, [(key, booking_to_json(good[0])), (key, poison[0]), (key, poison[1]),
+                                        (key, poison[2]), (key, envelope_to_json(good[1:]))], 0)
 
-    assert await take(queue, 2) == good
+    assert await take(queue, 4) == good
 
-    dead = await in_thread(kafka.read, kafka.dlq, dlq_before, 2)
+    dead = await in_thread(kafka.read, kafka.dlq, dlq_before, 3)
     assert [(r.key, r.value) for r in dead] == [(key, p) for p in poison]
     headers = [dict(r.headers) for r in dead]
     assert b"not JSON" in headers[0]["reason"] and b"missing" in headers[1]["reason"]
+    assert b"booking 1: missing user_id" in headers[2]["reason"]
     assert all(h["source"].startswith(f"{kafka.topic}/0/".encode()) for h in headers)
-    assert queue.dead_lettered == 2
+    assert queue.dead_lettered == 3
     # The poison offsets count as done: the partition is committed past them.
     assert (await in_thread(kafka.committed, group))[0] == (await in_thread(kafka.end_offsets))[0]
 
@@ -406,7 +440,7 @@ async def test_dead_letter_sets_a_booking_aside_with_its_reason(kafka: KafkaTopi
     await queue.ack([taken[0], taken[2]])
 
     assert queue.depth() == 0
-    assert (await in_thread(kafka.committed, group))[partition] == base + 3
+    assert (await in_thread(kafka.committed, group))[partition] == base + 1  # the envelope of three
     [dead] = await in_thread(kafka.read, kafka.dlq, dlq_before, 1)
     assert booking_from_json(dead.value) == taken[1]
     assert dict(dead.headers)["reason"] == b"RuntimeError: boom"
@@ -467,9 +501,10 @@ async def test_a_rebalance_hands_over_only_the_unacked_bookings_of_moved_partiti
     one = await open_queue(group)
     before = await in_thread(kafka.end_offsets)
     sent = [booking(f"evt_rebalance{n}", n) for n in range(30)]  # thirty events: every partition gets some
-    await one.enqueue(sent)
-    partition_of = {booking_from_json(r.value).id: r.partition
-                    for r in await in_thread(kafka.read, kafka.topic, before, len(sent))}
+    for b in sent:  # a record each, so that a prefix of every partition can be done
+        await one.enqueue([b])
+    partition_of = {b_id: r.partition
+                    for b_id, (r, _) in by_booking(await in_thread(kafka.read, kafka.topic, before, len(sent))).items()}
     assert set(partition_of.values()) == set(range(PARTITIONS))
     taken = await take(one, 30, ack=False)  # each partition in offset order
     by_partition = [[b for b in taken if partition_of[b.id] == p] for p in range(PARTITIONS)]

@@ -1,16 +1,26 @@
 """The distributed booking queue: Apache Kafka through kafka-python, driven from Trio worker threads.
 
-Intake produces each accepted booking to `booking-requests` and answers `202` only once the broker
-acknowledged it (acks=all, idempotent producer); every produce resolves within `produce_timeout`, so a
-dead broker costs intake a quick `503`, not a stalled request. A failed produce may still have been
-written (`durable_in_store` is False): the caller settles that doubt.
+Intake produces the bookings it accepted in one tick to `booking-requests` and answers `202` only once
+the broker acknowledged them (acks=all, idempotent producer); every produce resolves within
+`produce_timeout`, so a dead broker costs intake a quick `503`, not a stalled request. A failed produce
+may still have been written (`durable_in_store` is False): the caller settles that doubt.
+
+The wire format: one record per partition per produce, not one per booking (kafka-python's cost per
+record was a large share of the server's CPU). The bookings are grouped by the partition their key
+(`message_key`: the event, or event and first seat) maps to, exactly as kafka-python's DefaultPartitioner
+would map it (murmur2 over the topic's partitions), so every booking lands where it did as a record of its
+own: per-seat order and the spread over partitions and consumers are unchanged. Each group is one record
+sent to that partition explicitly, keyed by its first booking, its value an envelope
+`{"v": 2, "bookings": [<booking>, ...]}` (codec.py). A record of before envelopes (one booking object)
+still decodes. Dead letters are one record per booking (or the poison record as it was read).
 
 The consumers of the group `booking-group` take bookings, and a partition's offset is committed only
-after the store decided the bookings before it, never past one still undecided, whatever order the acks
-arrive in. A crash therefore redelivers, and the store's idempotent `decide` turns that at-least-once
-delivery into an exactly-once effect. A message that is not a booking goes to the dead-letter topic
-instead of blocking its partition. Clients reconnect within RECONNECT_BACKOFF_MAX_MS of a broker's
-return, so producer and consumers resume after a broker restart without a process restart.
+after the store decided every booking of the records before it, never past one still undecided, whatever
+order the acks arrive in. A crash therefore redelivers, and the store's idempotent `decide` turns that
+at-least-once delivery into an exactly-once effect. A record that does not decode (not JSON, or any
+booking of its envelope invalid) goes to the dead-letter topic whole instead of blocking its partition.
+Clients reconnect within RECONNECT_BACKOFF_MAX_MS of a broker's return, so producer and consumers resume
+after a broker restart without a process restart.
 
 kafka-python is blocking, so every call runs in `trio.to_thread` (one thread hop per batch, never per
 booking). The producer is thread-safe; the consumer is not, so its calls take turns through a
@@ -20,22 +30,24 @@ booking). The producer is thread-safe; the consumer is not, so its calls take tu
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, NamedTuple, TypeVar
 
 import trio
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from ..codec import booking_from_json, booking_to_json
+from ..codec import booking_to_json, bookings_from_json, envelope_to_json
 from ..domain.errors import Unavailable
 from ..domain.model import Booking
 
@@ -50,6 +62,9 @@ POLL_BACKOFF = 0.5  # seconds between polls while the broker fails, so a down br
 MAX_POLL_RECORDS = 1024  # above any consumer batch; take_batch asks for exactly what it can use
 LINGER_MS = 2  # a record waits this long for others to share its request (intake sends whole batches)
 BATCH_BYTES = 256 * 1024  # a 512-booking intake batch fits in a few record batches per partition
+# An envelope above this is split in two (and so on): well under the producer's max_request_size and the
+# broker's message.max.bytes (1 MiB by default). A 512-booking intake tick is about 200 KiB.
+ENVELOPE_BYTES = 512 * 1024
 EXPIRY_SLACK_S = 0.2  # past the produce deadline: room for the producer to report its own expiry of a record
 # Reconnect attempts to a broker that went away back off up to this (kafka-python's default, 30 s, would
 # leave consumers and producers idle for that long after the broker is back).
@@ -69,6 +84,7 @@ class _Message(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] | None = None
+    partition: int | None = None  # None: the producer's partitioner picks it by the key
 
 
 def message_key(booking: Booking) -> bytes:
@@ -79,36 +95,86 @@ def message_key(booking: Booking) -> bytes:
     return booking.event_id.encode()
 
 
+@lru_cache(maxsize=16384)
+def _key_hash(key: bytes) -> int:
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def partition_for(key: bytes, partitions: Sequence[int]) -> int:
+    """The partition kafka-python's DefaultPartitioner picks for `key` among the topic's `partitions`
+    (sorted): murmur2 of the key, made positive, modulo their number, as the Java client does."""
+    return partitions[_key_hash(key) % len(partitions)]
+
+
+def group_by_partition(bookings: Iterable[Booking], partitions: Iterable[int]) -> dict[int, list[Booking]]:
+    """The bookings by the partition their `message_key` goes to, each group in the bookings' order."""
+    ordered = sorted(partitions)
+    if not ordered:
+        raise KafkaError("the topic has no partitions")
+    groups: dict[int, list[Booking]] = {}
+    for booking in bookings:
+        groups.setdefault(partition_for(message_key(booking), ordered), []).append(booking)
+    return groups
+
+
+def envelopes(topic: str, bookings: Iterable[Booking], partitions: Iterable[int]) -> list[_Message]:
+    """One record per partition carrying its bookings in order (several when above ENVELOPE_BYTES),
+    sent to that partition explicitly and keyed by its first booking."""
+    messages: list[_Message] = []
+
+    def pack(partition: int, group: Sequence[Booking]) -> None:
+        value = envelope_to_json(group)
+        if len(value) > ENVELOPE_BYTES and len(group) > 1:
+            half = len(group) // 2
+            pack(partition, group[:half])
+            pack(partition, group[half:])
+            return
+        messages.append(_Message(topic, message_key(group[0]), value, None, partition))
+
+    for partition, group in group_by_partition(bookings, partitions).items():
+        pack(partition, group)
+    return messages
+
+
 # ====================================================================== bookkeeping
 @dataclass(slots=True)
 class _PartitionLog:
     """The offsets taken from one partition, in order, and how far the partition may be committed."""
 
     taken: deque[int] = field(default_factory=deque)  # increasing: a partition is read in order
-    waiting: set[int] = field(default_factory=set)  # taken and not yet done
+    outstanding: dict[int, int] = field(default_factory=dict)  # taken, not done: offset -> bookings left
     safe: int | None = None  # every offset below it is done: the next offset to commit
     committed: int | None = None  # what this consumer last committed
 
     def mark_done(self, offset: int) -> None:
-        """The booking at `offset` is decided; advance `safe` over the done prefix."""
-        self.waiting.discard(offset)
-        while self.taken and self.taken[0] not in self.waiting:
+        """One booking at `offset` is decided (or its poison record set aside); once none is left the
+        offset is done: advance `safe` over the done prefix."""
+        left = self.outstanding.get(offset)
+        if left is None:
+            return
+        if left > 1:
+            self.outstanding[offset] = left - 1
+            return
+        del self.outstanding[offset]
+        while self.taken and self.taken[0] not in self.outstanding:
             self.safe = self.taken.popleft() + 1
 
 
 class Deliveries:
     """What this consumer took and has not finished: offsets per partition, bookings by id, the bookings
-    waiting for a retry and the dead letters still owed.
+    read and not yet served, those waiting for a retry, and the dead letters still owed.
 
-    An offset is *done* once its booking was decided (ack) or its message set aside (dead letter); a
-    partition may be committed up to its longest done prefix only. Thread-safe, because the rebalance
-    listener runs on kafka-python's IO thread while Trio tasks ack and retry.
+    A record (an offset) carries one or more bookings. It is *done* once every one of them was decided
+    (ack) or the record was set aside (dead letter); a partition may be committed up to its longest done
+    prefix only. Thread-safe, because the rebalance listener runs on kafka-python's IO thread while Trio
+    tasks ack and retry.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._partitions: dict[Any, _PartitionLog] = {}
         self._positions: dict[str, list[tuple[Any, int]]] = {}  # booking id -> where it was read
+        self._ready: deque[tuple[Any, Booking]] = deque()  # read, beyond what the poll's caller could take
         self._parked: deque[Booking] = deque()  # retried bookings, served before new messages
         self._parked_ids: set[str] = set()
         self._owed: dict[tuple[Any, int], _Message] = {}  # poison messages not yet in the dead-letter topic
@@ -117,14 +183,19 @@ class Deliveries:
         """Bookings taken and not yet acked (those waiting for a retry included)."""
         return len(self._positions)
 
-    def took(self, tp: Any, offset: int, booking: Booking | None) -> None:
-        """Record a message read at (tp, offset): a booking, or None for a poison message."""
+    def took(self, tp: Any, offset: int, bookings: Sequence[Booking] | None) -> None:
+        """Record a record read at (tp, offset): its bookings, or None for a poison record."""
         with self._lock:
             partition = self._partitions.setdefault(tp, _PartitionLog())
             partition.taken.append(offset)
-            partition.waiting.add(offset)
-            if booking is not None:
+            partition.outstanding[offset] = len(bookings) if bookings else 1
+            for booking in bookings or ():
                 self._positions.setdefault(booking.id, []).append((tp, offset))
+
+    def hold(self, tp: Any, bookings: Iterable[Booking]) -> None:
+        """Keep bookings taken from `tp` to serve later, after those held before (in order)."""
+        with self._lock:
+            self._ready.extend((tp, b) for b in bookings)
 
     def owe_dead_letter(self, tp: Any, offset: int, message: _Message) -> None:
         """The poison message at (tp, offset) must reach the dead-letter topic before its offset is done."""
@@ -143,7 +214,7 @@ class Deliveries:
                     self._partitions[tp].mark_done(offset)
 
     def finish(self, bookings: Iterable[Booking]) -> int:
-        """Mark every offset carrying these bookings done; how many of them were still tracked."""
+        """Count these bookings done at every offset that carries them; how many were still tracked."""
         finished = 0
         with self._lock:
             for booking in bookings:
@@ -174,6 +245,17 @@ class Deliveries:
                 booking = self._parked.popleft()
                 self._parked_ids.discard(booking.id)
                 batch.append(booking)
+            return batch
+
+    def take_held(self, max_items: int) -> list[Booking]:
+        """Up to `max_items` bookings read and not yet served, in order (skipping any decided meanwhile
+        through a redelivered copy)."""
+        with self._lock:
+            batch: list[Booking] = []
+            while self._ready and len(batch) < max_items:
+                _, booking = self._ready.popleft()
+                if booking.id in self._positions:
+                    batch.append(booking)
             return batch
 
     def commits(self, partitions: Iterable[Any] | None = None) -> dict[Any, int]:
@@ -208,6 +290,7 @@ class Deliveries:
                     self._positions[booking_id] = kept
                 else:
                     del self._positions[booking_id]
+            self._ready = deque((tp, b) for tp, b in self._ready if tp not in gone)
             self._parked = deque(b for b in self._parked if b.id in self._positions)
             self._parked_ids = {b.id for b in self._parked}
             self._owed = {pos: m for pos, m in self._owed.items() if pos[0] not in gone}
@@ -297,6 +380,7 @@ class KafkaQueue:
         # written by the producing and consuming threads, read by Trio: a tuple is replaced whole)
         self.produced_at: tuple[int | None, int | None] = (None, None)
         self.consumed_at: tuple[int | None, int | None] = (None, None)
+        self._per_record = 1.0  # bookings per record in the last poll: how many records the next asks for
         self.requeued = 0
         self.consumed = 0
         self.dead_lettered = 0
@@ -335,7 +419,8 @@ class KafkaQueue:
         return self._deliveries.depth()
 
     async def lag(self) -> int:
-        """Messages not yet committed on the partitions assigned here (end offset - committed); approximate."""
+        """Records (of one or more bookings) not yet committed on the partitions assigned here (end offset -
+        committed); approximate."""
         if self._consumer is None:
             return 0
         return await self._in_thread(self._measure_lag, limiter=self._consumer_turn)
@@ -365,13 +450,12 @@ class KafkaQueue:
         self.requeued += len(bookings)
 
     async def _produce(self, bookings: Sequence[Booking]) -> None:
-        messages = [_Message(self._topic, message_key(b), booking_to_json(b)) for b in bookings]
         # Not abandoned on cancel: the thread's answer is the only way to know whether they were written.
-        await self._in_thread(partial(self._send_all, messages))
+        await self._in_thread(partial(self._send_bookings, bookings))
 
     # ------------------------------------------------------------------ consumers
     async def take_batch(self, max_items: int) -> list[Booking]:
-        """Bookings to decide: those waiting for a retry first, else the next messages (waits for one).
+        """Bookings to decide: those waiting for a retry first, else the next ones read (waits for one).
 
         Broker trouble is logged and waited out here, never raised: the consumer tasks have nothing
         better to do than to wait for the broker."""
@@ -532,9 +616,18 @@ class KafkaQueue:
         consumer.subscribe(topics=[self._topic], listener=_Rebalance(self._deliveries, consumer))
         return consumer
 
+    def _send_bookings(self, bookings: Sequence[Booking]) -> None:
+        """(thread) Produce the bookings as envelopes, one record per partition of the booking topic (its
+        partitions from the producer's metadata); raise as `_send_all`."""
+        self._send(lambda producer: envelopes(self._topic, bookings, producer.partitions_for(self._topic)))
+
     def _send_all(self, messages: Sequence[_Message]) -> None:
         """(thread) Send, and raise unless the broker acknowledged every message within `produce_timeout`
         (KafkaTimeoutError when some are still unresolved then: they may be written or not)."""
+        self._send(lambda _: messages)
+
+    def _send(self, make: Callable[[Any], Sequence[_Message]]) -> None:
+        """(thread) Send the messages `make(producer)` gives, as `_send_all`."""
         deadline = time.monotonic() + self._produce_timeout
         producer = self._producer_now(deadline)
         if time.monotonic() >= deadline:  # making the producer took it all (a broker that went away)
@@ -542,7 +635,8 @@ class KafkaQueue:
         # A send blocks (max_block_ms) only while the topic's metadata is unknown; the first one that
         # gives up raises, so the whole loop stays within about the deadline.
         try:
-            futures = [producer.send(m.topic, value=m.value, key=m.key, headers=m.headers) for m in messages]
+            futures = [producer.send(m.topic, value=m.value, key=m.key, headers=m.headers, partition=m.partition)
+                       for m in make(producer)]
             # They go out after LINGER_MS; records the broker does not acknowledge expire by the producer's
             # delivery timeout (the same deadline). Wait for these records only (a flush would wait for
             # other threads' later records too, one timeout per record batch), until the deadline.
@@ -581,21 +675,36 @@ class KafkaQueue:
         consumer = self._consumer
         if consumer is None:  # closed while this call waited for its turn
             return []
-        records = consumer.poll(timeout_ms=POLL_MS, max_records=max_items)
-        taken: list[Booking] = []
+        # Bookings read by an earlier poll first, topped up by what is there now (without waiting).
+        taken = self._deliveries.take_held(max_items)
+        if len(taken) >= max_items:
+            return taken
+        # A record carries several bookings: ask for about as many records as make the rest.
+        want = math.ceil((max_items - len(taken)) / self._per_record)
+        records = consumer.poll(timeout_ms=0 if taken else POLL_MS, max_records=max(1, want))
+        count = 0
         for tp, batch in records.items():
             for record in batch:
-                booking = self._decode(tp, record)
-                if booking is not None:
-                    taken.append(booking)
-                    self.consumed_at = (tp.partition, record.offset)
+                bookings = self._decode(tp, record)
+                if bookings is None:
+                    continue
+                count += len(bookings)
+                self.consumed_at = (tp.partition, record.offset)
+                room = max_items - len(taken)
+                taken.extend(bookings[:room])
+                if len(bookings) > room:  # served by the next take_batch, before anything polled then
+                    self._deliveries.hold(tp, bookings[room:])
+        if records:
+            self._per_record = max(1.0, count / sum(map(len, records.values())))
         self._pay_dead_letters()
         return taken
 
-    def _decode(self, tp: Any, record: Any) -> Booking | None:
-        """(consumer thread) The record's booking, tracked; None for poison (owed to the dead-letter topic)."""
+    def _decode(self, tp: Any, record: Any) -> list[Booking] | None:
+        """(consumer thread) The record's bookings (an envelope, or one booking as written before
+        envelopes), tracked; None for poison (owed to the dead-letter topic), also when any booking of an
+        envelope is invalid: the record is set aside whole."""
         try:
-            booking = booking_from_json(record.value or b"")
+            bookings = bookings_from_json(record.value or b"")
         except ValueError as exc:
             log.error("poison message at %s/%d/%d: %s", tp.topic, tp.partition, record.offset, exc)
             self._deliveries.took(tp, record.offset, None)
@@ -603,8 +712,8 @@ class KafkaQueue:
             message = self._dead_letter_message(record.key, record.value, str(exc), source, record.headers)
             self._deliveries.owe_dead_letter(tp, record.offset, message)
             return None
-        self._deliveries.took(tp, record.offset, booking)
-        return booking
+        self._deliveries.took(tp, record.offset, bookings)
+        return bookings
 
     def _dead_letter_message(
         self, key: bytes | None, value: bytes | None, reason: str, source: str | None,
@@ -686,4 +795,4 @@ def _close_client(client: Any, timeout: float) -> None:
         log.warning("closing %s failed: %s", type(client).__name__, exc)
 
 
-__all__ = ["Deliveries", "KafkaQueue", "message_key"]
+__all__ = ["Deliveries", "KafkaQueue", "envelopes", "group_by_partition", "message_key", "partition_for"]

@@ -216,3 +216,15 @@ async def harness(settings: Settings, nursery: trio.Nursery) -> AsyncIterator[Ha
     async with httpx.AsyncClient(base_url=running.url, limits=limits, timeout=60.0) as client:
         yield Harness(running.url, client, service, clock, running)
     running.stop.set()
+
+
+async def auth_reply(ws: Any, seconds: float = 10) -> dict[str, Any]:
+    """The /ws answer to an auth message: a tick's `stats` or `batch` message may come before it on a
+    busy machine (they are skipped)."""
+    import json
+
+    with trio.fail_after(seconds):
+        while True:
+            message = json.loads(await ws.get_message())
+            if message["type"] == "auth":
+                return message  # type: ignore[no-any-return]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import trio
-from conftest import ADMIN_TOKEN, Harness
+from conftest import ADMIN_TOKEN, Harness, auth_reply
 from trio_websocket import open_websocket_url
 
 
@@ -76,7 +76,7 @@ async def test_ws_sends_snapshot_then_booking_and_stats_frames(harness: Harness)
         assert snapshot["type"] == "snapshot" and "ts" in snapshot
         assert [e["id"] for e in snapshot["events"]] == [event["id"]]
         await ws.send_message(json.dumps({"type": "auth", "token": ADMIN_TOKEN}))  # booking ids are for admins
-        assert json.loads(await ws.get_message()) == {"type": "auth", "ok": True}
+        assert await auth_reply(ws) == {"type": "auth", "ok": True}
         r = await harness.book(event["id"], {"user_id": "u", "quantity": 1})
         seen: dict[str, dict] = {}
         with trio.fail_after(10):

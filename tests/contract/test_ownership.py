@@ -8,7 +8,7 @@ import json
 import re
 
 import trio
-from conftest import ADMIN, Harness
+from conftest import ADMIN, Harness, auth_reply
 from invariants import check_invariants
 from trio_websocket import open_websocket_url
 
@@ -130,8 +130,8 @@ async def test_anonymous_telemetry_carries_no_booking_or_user_ids(harness: Harne
             assert json.loads(await ws.get_message())["type"] == "snapshot"
         await admin.send_message(json.dumps({"type": "auth", "token": ADMIN["Authorization"].split()[1]}))
         await pretender.send_message(json.dumps({"type": "auth", "token": "guess"}))
-        assert json.loads(await admin.get_message()) == {"type": "auth", "ok": True}
-        assert json.loads(await pretender.get_message()) == {"type": "auth", "ok": False}
+        assert await auth_reply(admin) == {"type": "auth", "ok": True}
+        assert await auth_reply(pretender) == {"type": "auth", "ok": False}
         r = await harness.book(event["id"], {"user_id": "visible-only-to-admins", "seat_ids": ["A-3-3"]})
         booking_id, secret = r.json()["id"], r.json()["secret"]
         seen = {name: await _frames_until(ws, {"booking", "seat", "lock"})

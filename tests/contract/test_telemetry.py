@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import trio
-from conftest import ADMIN, ADMIN_TOKEN, Harness
+from conftest import ADMIN, ADMIN_TOKEN, Harness, auth_reply
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import WebSocketConnection, open_websocket_url
 
@@ -62,7 +62,7 @@ async def test_every_frame_type_from_real_steps(harness: Harness) -> None:
         assert snapshot["processes"] >= 1 and snapshot["stats"]["type"] == "stats"
         assert json.loads(await anon_ws.get_message())["type"] == "snapshot"
         await admin_ws.send_message(json.dumps({"type": "auth", "token": ADMIN_TOKEN}))
-        assert json.loads(await admin_ws.get_message()) == {"type": "auth", "ok": True}
+        assert await auth_reply(admin_ws) == {"type": "auth", "ok": True}
         admin, anon = Reader(admin_ws), Reader(anon_ws)
         nursery.start_soon(admin.run)
         nursery.start_soon(anon.run)

@@ -684,3 +684,30 @@ async def test_fencing_rejects_a_stale_token(fenced_store: PostgresStore | Sqlit
     (later,) = await store.decide([stale], now, fences={(event.id, "A-1-1"): 7})  # retried under a new lock
     assert later.status is BookingStatus.REJECTED and later.reason == "seat_unavailable"
     assert await store.fence_floor() == 6
+
+
+async def test_not_sold_out_while_another_transaction_still_holds_the_last_seats(database_url: str) -> None:
+    """Best available at the end of a sale: the only available seats are locked by another transaction
+    (another process deciding, which may give some back) for longer than the store waits. The booking
+    stays pending (its consumer decides it again) instead of "sold out" with seats left; once the other
+    transaction ends without taking them, it gets one."""
+    store = PostgresStore(database_url, timeout=TIMEOUT)
+    await store.open()
+    event = await store.create_event(make_event(rows=1, seats_per_row=3))
+    first = await decide_one(store, pending(event, "u1", quantity=2))
+    assert first.status is BookingStatus.HELD
+    blocker = await trio.to_thread.run_sync(lambda: psycopg.connect(database_url))
+    try:  # another process's open transaction has locked the last available seat
+        await trio.to_thread.run_sync(lambda: blocker.execute(
+            "SELECT 1 FROM seats WHERE event_id = %s AND status = 'available' FOR UPDATE", (event.id,)))
+        late = pending(event, "u2", quantity=1)
+        undecided = await decide_one(store, late)
+        assert undecided.status is BookingStatus.PENDING and undecided.reason is None
+        assert (await store.get_booking(late.id)).status is BookingStatus.PENDING  # type: ignore[union-attr]
+    finally:
+        await trio.to_thread.run_sync(blocker.close)  # it ends without taking the seat
+    decided = await decide_one(store, late)
+    assert decided.status is BookingStatus.HELD and decided.seat_ids == ("A-1-3",)
+    assert (await decide_one(store, pending(event, "u3", quantity=1))).reason == "sold_out"  # truly sold out
+    assert await check_invariants(store, event) == Counts(0, 3, 0)
+    await store.close()

@@ -115,19 +115,23 @@ class Decider:
         for event_id in {d.event_id for d in decided if d.status is BookingStatus.HELD}:
             self.seat_maps.changed(event_id)  # at once: a reader may learn of the decision from the store
         stale = {d.id for d in decided if d.status is BookingStatus.PENDING}
-        if stale:  # our leases were older than a seat's last write (fencing): count above it, retry them
+        # left pending: our leases were older than a seat's last write (fencing: count above it), or the
+        # seats a best-available booking could get were still being claimed elsewhere; retry them
+        if stale:
             fenced = [b for b in ready if b.id in stale]
             later.extend(fenced)
             for b in fenced:
-                fence = max((fences.get((b.event_id, s), 0) for s in b.requested_seats), default=None)
-                self.telemetry.lock("fenced", b.event_id, b.requested_seats, "store", fence)
+                if b.requested_seats:  # (best available: seats another transaction held past the wait)
+                    fence = max(fences.get((b.event_id, s), 0) for s in b.requested_seats)
+                    self.telemetry.lock("fenced", b.event_id, b.requested_seats, "store", fence)
                 self.telemetry.stored("conflict", "hold", b.event_id, [b.id])
             pairs = [(a, d) for a, d in zip(ready, decided, strict=True) if d.id not in stale]
             ready, decided = [a for a, _ in pairs], [d for _, d in pairs]
-            try:
-                await self.locks.raise_fence(await self.store.fence_floor())
-            except Unavailable as exc:
-                log.warning("could not raise the fencing counter (retried with the batch): %s", exc.detail)
+            if any(b.requested_seats for b in fenced):
+                try:
+                    await self.locks.raise_fence(await self.store.fence_floor())
+                except Unavailable as exc:
+                    log.warning("could not raise the fencing counter (retried with the batch): %s", exc.detail)
         if not ready:
             return
         # The commit happened: its follow-ups (edge settle, then queue ack) run together, shielded and

@@ -60,7 +60,9 @@ DLQ_PARTITIONS = 1  # the dead-letter topic is read by people, rarely: one parti
 POLL_MS = 200  # one poll in the worker thread; a cancelled take_batch waits at most this long
 POLL_BACKOFF = 0.5  # seconds between polls while the broker fails, so a down broker is not hammered
 MAX_POLL_RECORDS = 1024  # above any consumer batch; take_batch asks for exactly what it can use
-LINGER_MS = 2  # a record waits this long for others to share its request (intake sends whole batches)
+# Records go out at once: intake already sends a tick's bookings as one record per partition, and 2 ms
+# of linger cost 35-55 % of intake req/s (alternated runs, bench/results/2026-12-01-issue10-profiles.md).
+LINGER_MS = 0
 BATCH_BYTES = 256 * 1024  # a 512-booking intake batch fits in a few record batches per partition
 # An envelope above this is split in two (and so on): well under the producer's max_request_size and the
 # broker's message.max.bytes (1 MiB by default). A 512-booking intake tick is about 200 KiB.
@@ -637,7 +639,7 @@ class KafkaQueue:
         try:
             futures = [producer.send(m.topic, value=m.value, key=m.key, headers=m.headers, partition=m.partition)
                        for m in make(producer)]
-            # They go out after LINGER_MS; records the broker does not acknowledge expire by the producer's
+            # They go out at once (LINGER_MS); records the broker does not acknowledge expire by the producer's
             # delivery timeout (the same deadline). Wait for these records only (a flush would wait for
             # other threads' later records too, one timeout per record batch), until the deadline.
             metadata = None

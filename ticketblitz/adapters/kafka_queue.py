@@ -61,7 +61,7 @@ POLL_MS = 200  # one poll in the worker thread; a cancelled take_batch waits at 
 POLL_BACKOFF = 0.5  # seconds between polls while the broker fails, so a down broker is not hammered
 MAX_POLL_RECORDS = 1024  # above any consumer batch; take_batch asks for exactly what it can use
 # Records go out at once: intake already sends a tick's bookings as one record per partition, and 2 ms
-# of linger cost 35-55 % of intake req/s (alternated runs, bench/results/2026-12-01-issue10-profiles.md).
+# of linger cost 41-54 % of book-async req/s (alternated runs, bench/results/2026-12-01-issue10-profiles.md).
 LINGER_MS = 0
 BATCH_BYTES = 256 * 1024  # a 512-booking intake batch fits in a few record batches per partition
 # An envelope above this is split in two (and so on): well under the producer's max_request_size and the

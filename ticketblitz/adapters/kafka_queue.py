@@ -699,7 +699,19 @@ class KafkaQueue:
         if records:
             self._per_record = max(1.0, count / sum(map(len, records.values())))
         self._pay_dead_letters()
+        self._commit_left_over()
         return taken
+
+    def _commit_left_over(self) -> None:
+        """(consumer thread) Done offsets whose commit failed (a rebalance in progress, the broker away) go
+        out with the next poll, instead of waiting for an ack that may never come. A failure is left for
+        the poll after."""
+        if not self._deliveries.commits():
+            return
+        try:
+            self._commit_committable()
+        except (KafkaError, OSError) as exc:
+            log.info("kafka offset commit still failing, retried at the next poll: %s", exc)
 
     def _decode(self, tp: Any, record: Any) -> list[Booking] | None:
         """(consumer thread) The record's bookings (an envelope, or one booking as written before

@@ -7,7 +7,7 @@
     counts are polled until held + sold covers every 202, and counts, seat map and store are checked.
 (d) reads: wrk GET of a 10,000-seat event, its seat map (JSON, gzip, a 304 revalidation, the compact
     form) and one booking (with its secret); the first server's run also measures Fastify 5's hello GET and
-    Fastify serving the same seat-map bytes from memory (bench/fastify_bytes.js), the read baselines.
+    Fastify serving the same seat-map bytes from memory (bench/fastify_hello.js PORT FILE), the read baselines.
 (e) book-async: the original's queued route, wrk with bench/book_async.lua (unique user and named seat per
     request) on a fresh 200,000-seat event; then every booking in the store must leave pending. Compared
     with the same wrk against bench/fastify_original.js (Fastify + kafkajs, the original as written).
@@ -474,7 +474,7 @@ def browse(server: Server, seconds: float, threads: int, connections: int, workd
 
 
 def fastify_reads(workdir: Path, seconds: float, threads: int, connections: int) -> FastifyReads:
-    """bench/fastify_bytes.js with the seat map's bytes: GET /hello, then GET /bytes (plain, then gzip)."""
+    """bench/fastify_hello.js PORT FILE with the seat map's bytes: GET /hello, then GET /bytes (plain, gzip)."""
     from bench_baselines import BaselineServer
 
     results: dict[str, WrkResult] = {}
@@ -482,7 +482,7 @@ def fastify_reads(workdir: Path, seconds: float, threads: int, connections: int)
     command = ""
     for kind, file, extra in (("plain", "seats.json", []), ("gzip", "seats.json.gz", ["gzip"])):
         port = free_port()
-        cmd = ["node", "bench/fastify_bytes.js", str(port), str(workdir / file), *extra]
+        cmd = ["node", "bench/fastify_hello.js", str(port), str(workdir / file), *extra]
         COMMANDS.add(f"baseline fastify bytes ({kind})", cmd)
         command = command or COMMANDS.entries[-1][1]
         with BaselineServer(cmd, port, 30, 15) as node:

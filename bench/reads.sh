@@ -56,7 +56,7 @@ if [ "${FASTIFY:-}" = 1 ] && [ -e "$here/bench/.node/node_modules/fastify/packag
     kill $server; wait $server 2>/dev/null || true
     for kind in plain gzip; do
         file=$data/seats.json; [ $kind = gzip ] && file=$data/seats.json.gz
-        node "$here/bench/fastify_bytes.js" $((port + 1)) "$file" "$([ $kind = gzip ] && echo gzip)" >/dev/null &
+        node "$here/bench/fastify_hello.js" $((port + 1)) "$file" "$([ $kind = gzip ] && echo gzip)" >/dev/null &
         fastify=$!
         for _ in $(seq 50); do curl -sf "http://127.0.0.1:$((port + 1))/hello" >/dev/null && break; sleep 0.1; done
         url=http://127.0.0.1:$((port + 1))

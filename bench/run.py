@@ -13,7 +13,7 @@ required to exit 0) it runs five scenarios (--scenario selects) and checks the i
   (d) reads           wrk GET of a 10,000-seat event with one decided booking, 10 s each: the event, its seat
                       map (JSON, gzip, a 304 revalidation with If-None-Match, ?form=compact) and the booking
                       (with its secret); the first server's run also measures Fastify 5's hello GET and
-                      Fastify serving the same seat-map bytes from memory (bench/fastify_bytes.js)
+                      Fastify serving the same seat-map bytes from memory (bench/fastify_hello.js PORT FILE)
   (e) book-async      wrk -t2 -c100 -d20s -s bench/book_async.lua: the original's POST /api/book-async
                       ({userId, seatNumber, eventId}, a unique user and named seat per request) on a fresh
                       200,000-seat event; then every booking must leave pending (<= 60 s)

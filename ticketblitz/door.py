@@ -44,7 +44,7 @@ log = logging.getLogger("ticketblitz.door")
 
 READ_SIZE = 65536
 LARGE_BODY = 65536  # an answer body over this is sent after its head, not copied into one bytes object
-BOOKINGS_PREFIX = "/api/events/"
+EVENTS_PREFIX = "/api/events/"  # the event routes: .../{id}, .../{id}/bookings, .../{id}/seats
 BOOKINGS_SUFFIX = "/bookings"
 # accept(2) errors that mean "out of descriptors or kernel memory for now" (trio.serve_listeners)
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -70,14 +70,13 @@ def _route(method: str, path: str) -> Route | None:
     compat = intake.COMPAT_ROUTES.get(path)
     if compat is not None:
         return compat, ()
-    if path.startswith(BOOKINGS_PREFIX) and path.endswith(BOOKINGS_SUFFIX):
-        event_id = path[len(BOOKINGS_PREFIX):-len(BOOKINGS_SUFFIX)]
+    if path.startswith(EVENTS_PREFIX) and path.endswith(BOOKINGS_SUFFIX):
+        event_id = path[len(EVENTS_PREFIX):-len(BOOKINGS_SUFFIX)]
         if event_id and "/" not in event_id:
             return intake.create_booking, (event_id,)
     return None
 
 
-EVENTS_PREFIX = "/api/events/"
 SEATS_SUFFIX = "/seats"
 BOOKING_PREFIX = "/api/bookings/"
 ReadRoute = tuple[reads.Read, str, str]  # the read, its path parameter, its name in telemetry

@@ -514,7 +514,9 @@ async def test_a_call_blocked_by_a_locked_row_ends_unavailable_and_changes_nothi
 async def run_consumers(stores: Sequence[PostgresStore], bookings: Sequence[Booking], *, tasks_per_store: int,
                         max_batch: int, seed: int) -> Counter[str]:
     """Decide `bookings` from many tasks over several stores (processes), in small random batches, as
-    queue consumers would; an Unavailable batch is retried (at-least-once). Returns outcome counts."""
+    queue consumers would; an Unavailable batch is retried (at-least-once), and so is a booking the store
+    left pending (the last seats still locked by another transaction: the Decider retries those too).
+    Returns outcome counts."""
     todo = list(bookings)
     rng = random.Random(seed)
     outcome: Counter[str] = Counter()
@@ -523,10 +525,14 @@ async def run_consumers(stores: Sequence[PostgresStore], bookings: Sequence[Book
         while todo:
             batch = [todo.pop() for _ in range(min(len(todo), rng.randint(1, max_batch)))]
             try:
-                await store.decide(batch, time.time(), insert=True)
+                decided = await store.decide(batch, time.time(), insert=True)
             except Unavailable:
                 outcome["retried"] += 1
                 todo.extend(batch)
+                continue
+            again = [b for b, d in zip(batch, decided, strict=True) if d.status is BookingStatus.PENDING]
+            outcome["left pending"] += len(again)
+            todo.extend(again)
 
     async with trio.open_nursery() as nursery:
         for store in stores:

@@ -8,9 +8,11 @@ import { Pipeline } from "./pipeline.js";
 import { setupRace } from "./race.js";
 import { SeatMap, STATUSES, expandCompact } from "./seatmap.js";
 import { StatsReader } from "./stats.js";
+import { WaitingRoom } from "./waitingroom.js";
 
 const $ = (id) => document.getElementById(id);
 const CHECK_EVERY_MS = 3000;
+const WAITING_ROOM_CHECK_MS = 1000;  // GET …/queue while a waiting-room event is shown (frames may be dropped)
 const DECISION_STATUSES = ["pending", "held", "confirmed", "rejected", "expired", "cancelled"];
 
 const state = {
@@ -19,7 +21,11 @@ const state = {
   loading: null,      // a promise while the seat map loads
   pendingSeats: [],   // seat frames that arrived while it loaded
   mismatches: 0,
+  clockOffset: 0,     // the server's clock minus this browser's, from the frames' `ts` (ms)
 };
+
+/** Now on the server's clock (ms), as far as its frames tell: for the waiting room's countdown. */
+const serverNow = () => Date.now() + state.clockOffset;
 
 // ------------------------------------------------------------------ theme
 const THEMES = ["auto", "light", "dark"];
@@ -42,7 +48,12 @@ const charts = [
   new SeriesChart($("chart-requests")),
   new SeriesChart($("chart-decisions")),
   new SeriesChart($("chart-latency"), { unit: " ms", fixedKeys: ["p50", "p99"] }),
+  new SeriesChart($("chart-waiting-room"), { fixedKeys: ["joins/s", "admits/s"] }),
 ];
+const waitingRoom = new WaitingRoom({
+  panel: $("wr-panel"), policy: $("wr-policy"), state: $("wr-state"), badge: $("wr-badge"), numbers: $("wr-numbers"),
+  canvas: $("wr-line"), rates: $("wr-rates"), check: $("wr-check"),
+}, { chart: charts[3], serverNow });
 const log = new EventLog({
   list: $("log-list"), count: $("log-count"), kind: $("log-kind"), seat: $("log-seat"),
   thisEvent: $("log-this-event"), pause: $("log-pause"), clear: $("log-clear"),
@@ -51,6 +62,7 @@ const flash = new FlashSale({
   form: $("flash-form"), users: $("flash-users"), seats: $("flash-seats"), route: $("flash-route"),
   button: $("flash-run"), hint: $("flash-hint"), progress: $("flash-progress"), status: $("flash-status"),
   summary: $("flash-summary"),
+  waitingRoom: { enabled: $("flash-wr"), mode: $("flash-wr-mode"), rate: $("flash-wr-rate"), opens: $("flash-wr-opens") },
 }, {
   onStarted: async (eventId) => {
     await ensureEvent(eventId);
@@ -90,11 +102,16 @@ async function ensureEvent(id) {
 
 async function selectEvent(id) {
   if (!id) return;
+  const changed = id !== state.selected;
   state.selected = id;
   sessionStorage.setItem("ticketblitz-event", id);
   renderSelector();
+  await ensureEvent(id).catch(() => {});  // an `event` frame's members lack the waiting room
+  if (id !== state.selected) return;
   const e = state.events.get(id);
   $("event-name").textContent = e ? `— ${e.name ?? id}` : "";
+  waitingRoom.select(e);
+  if (changed) flash.selected(e);
   await loadSeats();
   log.render();
 }
@@ -139,6 +156,7 @@ async function checkCounts() {
   }
   if (r.status !== 200 || id !== state.selected || state.loading) return;
   state.events.set(id, r.body);
+  if (Boolean(r.body.waiting_room) !== Boolean(waitingRoom.eventId === id)) waitingRoom.select(r.body);
   const api = r.body.counts;
   const same = STATUSES.every((s) => api[s] === seatMap.counts[s]);
   const line = $("counts-check");
@@ -169,6 +187,7 @@ function resync() {
 // ------------------------------------------------------------------ frames
 function onStats(frame) {
   const s = statsReader.read(frame);
+  waitingRoom.stats(frame);
   pipeline.update(s);
   charts[0].push(s.t, s.requests);
   charts[1].push(s.t, s.decisions);
@@ -188,9 +207,12 @@ function onStats(frame) {
 }
 
 function onFrame(f) {
+  const ts = Date.parse(f.ts);
+  if (ts && (f.type === "stats" || f.type === "snapshot")) state.clockOffset = ts - Date.now();
   switch (f.type) {
     case "snapshot": {
       for (const e of f.events || []) state.events.set(e.id, e);
+      waitingRoom.snapshot(f.waiting_rooms);
       if (f.stats) onStats(f.stats);
       const wanted = state.selected || sessionStorage.getItem("ticketblitz-event");
       const pick = state.events.has(wanted) ? wanted : state.events.has("evt_demo") ? "evt_demo" : state.events.keys().next().value;
@@ -215,6 +237,9 @@ function onFrame(f) {
       break;
     case "loadgen":
       flash.frame(f);
+      break;
+    case "waiting_room":
+      waitingRoom.frame(f);
       break;
     case "auth":
       $("auth-state").textContent = f.ok ? "admin ✓" : "token refused";
@@ -286,6 +311,9 @@ setupRace({
   form: $("race-form"), nInput: $("race-n"), status: $("race-status"),
   articles: { naive: $("race-naive"), secure: $("race-secure"), async: $("race-async") },
   currentEvent: () => state.selected,
+  // the original's routes need a Queue-Pass on such an event (API 1.2): every fan would be refused 403
+  refusal: () => (state.events.get(state.selected)?.waiting_room
+    ? "this event has a waiting room: its booking routes want a Queue-Pass; select an event without one" : null),
   onDone: () => checkCounts(),
 });
 
@@ -294,3 +322,4 @@ applyTheme(localStorage.getItem("ticketblitz-theme") || "auto");
 tokenFromFragment();
 tokenChanged();
 setInterval(checkCounts, CHECK_EVERY_MS);
+setInterval(() => waitingRoom.check(), WAITING_ROOM_CHECK_MS);

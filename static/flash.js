@@ -6,6 +6,7 @@ const ERRORS = {
   403: "The admin token is not valid for this server.",
   404: "This server has no flash-sale endpoint (POST /api/admin/flash-sale): update the server.",
   409: "A flash sale is already running; wait for it to finish.",
+  422: "The server refused the sale's settings.",
 };
 
 function cell(row, text, header = false) {
@@ -16,14 +17,44 @@ function cell(row, text, header = false) {
 }
 
 export class FlashSale {
-  constructor({ form, users, seats, route, button, hint, progress, status, summary }, { onStarted, onFinished }) {
+  constructor({ form, users, seats, route, button, hint, progress, status, summary, waitingRoom },
+    { onStarted, onFinished }) {
     Object.assign(this, { form, users, seats, route, button, hint, progress, status, summary });
+    this.wr = waitingRoom;  // {enabled, mode, rate, opens}: the sale's event gets a waiting room (API 1.2)
+    this.wr.enabled.addEventListener("change", () => this.waitingRoomChanged());
     this.onStarted = onStarted;
     this.onFinished = onFinished;
     this.eventId = null;
     this.running = false;
     form.addEventListener("submit", (e) => { e.preventDefault(); this.start(); });
     this.tokenChanged();
+    this.waitingRoomChanged();
+  }
+
+  waitingRoomChanged() {
+    const on = this.wr.enabled.checked;
+    for (const input of [this.wr.mode, this.wr.rate, this.wr.opens]) input.disabled = !on;
+  }
+
+  /** The page selected event `e`: a sale started now is like it (with a waiting room of its policy, or none). */
+  selected(e) {
+    const wr = e && e.waiting_room;
+    this.wr.enabled.checked = Boolean(wr);
+    if (wr) {
+      if (wr.mode) this.wr.mode.value = wr.mode;
+      if (wr.admit_per_second) this.wr.rate.value = String(wr.admit_per_second);
+    }
+    this.waitingRoomChanged();
+  }
+
+  /** The body of POST /api/admin/flash-sale. */
+  body() {
+    const body = { users: Number(this.users.value), seats: Number(this.seats.value), route: this.route.value };
+    if (this.wr.enabled.checked) {
+      body.waiting_room = { mode: this.wr.mode.value, admit_per_second: Number(this.wr.rate.value) };
+      body.sale_starts_in = Number(this.wr.opens.value);
+    }
+    return body;
   }
 
   tokenChanged() {
@@ -35,7 +66,7 @@ export class FlashSale {
   }
 
   async start() {
-    const body = { users: Number(this.users.value), seats: Number(this.seats.value), route: this.route.value };
+    const body = this.body();
     this.running = true;
     this.tokenChanged();
     this.summary.replaceChildren();
@@ -56,7 +87,11 @@ export class FlashSale {
     }
     this.eventId = r.body.event_id;
     this.status.dataset.state = "started";
-    this.status.textContent = `Started: ${r.body.users} fans for ${r.body.seats} seats via ${r.body.route}, event ${this.eventId}`;
+    const wr = r.body.waiting_room;
+    this.status.textContent = `Started: ${r.body.users} fans for ${r.body.seats} seats via ${r.body.route}`
+      + `${wr ? ` through a waiting room (${wr.mode ?? "fifo"}, at most ${wr.admit_per_second ?? "?"} admits/s)` : ""}`
+      + `, event ${this.eventId}`;
+    this.status.dataset.waitingRoom = String(Boolean(wr));
     this.progress.hidden = false;
     this.progress.max = r.body.users || body.users;
     this.progress.value = 0;
@@ -99,6 +134,7 @@ export class FlashSale {
     const rows = [
       ["fans (users)", f.users], ["seats", f.seats], ["route", f.route], ["requests sent", f.sent],
       ["answered", f.answered],
+      ...(f.waiting_room ? [["waiting room", `${f.waiting_room.mode ?? "fifo"}, at most ${f.waiting_room.admit_per_second ?? "?"} admits/s`]] : []),
       ["answers by code", Object.entries(f.by_code || {}).map(([c, n]) => `${c}: ${n}`).join(", ") || "–"],
       ["latency p50 / p99", `${f.p50_ms ?? "–"} / ${f.p99_ms ?? "–"} ms`],
       ["bookings decided", f.decided], ["still pending", f.pending], ["oversold", f.oversold],

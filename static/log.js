@@ -36,7 +36,13 @@ export function describe(f) {
     case "loadgen": return `${f.state}${opt("users ", f.users)}${opt("seats ", f.seats)}${opt("sent ", f.sent)}`
       + `${opt("answered ", f.answered)}${f.by_code ? ` ${codes(f.by_code)}` : ""}${opt("decided ", f.decided)}`
       + `${opt("pending ", f.pending)}${opt("oversold ", f.oversold)}${opt("error ", f.error)}`;
-    case "snapshot": return `${(f.events || []).length} events${opt("processes ", f.processes)}`;
+    case "waiting_room": return f.action === "sold_out"
+      ? `SOLD OUT: ${f.count ?? "?"} waiting tickets turned sold out`
+      : `${f.open ? "open" : "pre-queue"}${opt("joined ", f.joined)}${opt("waiting ", f.waiting)}`
+        + `${opt("admitted through #", f.admitted_through)}${opt("outstanding ", f.outstanding)}${opt("expired ", f.expired)}`
+        + `${opt("+joins ", f.joins)}${opt("+admits ", f.admits)}${f.sold_out ? " sold out" : ""}`;
+    case "snapshot": return `${(f.events || []).length} events${opt("processes ", f.processes)}`
+      + `${f.waiting_rooms ? ` ${Object.keys(f.waiting_rooms).length} waiting rooms` : ""}`;
     case "stats": return `requests ${codes(f.requests_per_s)} lag ${f.queue_lag ?? "–"} p99 ${f.latency_ms?.p99 ?? "–"} ms`;
     case "auth": return f.ok ? "admin frames open" : "token refused: anonymous frames";
     default: return JSON.stringify(f).slice(0, 200);

@@ -101,10 +101,15 @@ function show(article, result) {
   out.replaceChildren(verdict, answers, finals, note);
 }
 
-export function setupRace({ form, nInput, status, articles, currentEvent, onDone }) {
+export function setupRace({ form, nInput, status, articles, currentEvent, refusal = () => null, onDone }) {
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     const eventId = currentEvent();
+    const why = refusal();
+    if (why) {
+      status.textContent = `Not run: ${why}.`;
+      return;
+    }
     const n = Math.max(2, Math.min(200, Number(nInput.value) || 20));
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;

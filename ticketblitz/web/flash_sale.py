@@ -5,6 +5,11 @@ its progress lines as `loadgen` telemetry frames.
 One run at a time per process; the run is a task of the app's serving nursery, bounded in time
 (`CHILD_TIMEOUT`), and stopped (the child terminated) when the server shuts down. The admin token
 reaches the child through its environment, never its argv (which `ps` shows to everyone).
+
+With a `waiting_room` (API 1.2: the event object's member, e.g. `{"mode": "fifo", "admit_per_second":
+200}`) the sale's event is created with that waiting room, its sale opening `sale_starts_in` seconds
+after its creation (0: at once), and the child runs the load generator's waiting-room mode
+(`ticketblitz flash-sale --waiting-room`: each fan joins the line, waits for its pass, then books with it).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import subprocess
 import sys
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +30,7 @@ from ..domain.model import Event
 from ..loadgen.scenario import event_body
 from ..schemas import EventIn
 from ..service import BookingService
+from ..telemetry import iso_time
 
 log = logging.getLogger("ticketblitz.flash_sale")
 
@@ -33,7 +40,8 @@ CHILD_DEADLINES = ("--connect-timeout", "10", "--timeout", "30", "--decide-timeo
 MAX_LINE = 64 * 1024  # a progress line is a few hundred bytes; a longer one is not ours
 # the members of a `loadgen` frame (spec/telemetry.md); anything else in a line is not relayed
 FRAME_MEMBERS = ("state", "event_id", "users", "seats", "route", "sent", "answered", "by_code", "p50_ms",
-                 "p99_ms", "decided", "pending", "oversold", "error")
+                 "p99_ms", "decided", "pending", "oversold", "error", "waiting_room")
+MAX_SALE_STARTS_IN = 30.0  # seconds from the event's creation to its sale's opening, at most (waiting room)
 STATES = frozenset({"started", "progress", "finished", "failed"})
 # the addresses a listener may have for the child to reach it on 127.0.0.1
 LOOPBACK_OR_ANY = frozenset({"127.0.0.1", "localhost", "0.0.0.0", "::", ""})
@@ -51,6 +59,7 @@ class FlashSaleRunner:
         self.running = False
         self.state: dict[str, Any] | None = None  # the last frame's members
         self._scope: trio.CancelScope | None = None
+        self._waiting_room: dict[str, Any] | None = None  # the running sale's event's, for its frames
 
     def snapshot(self) -> dict[str, Any]:
         """GET /api/admin/flash-sale: the last run's state (`idle` before the first)."""
@@ -65,19 +74,41 @@ class FlashSaleRunner:
             raise RuntimeError(f"the load generator drives 127.0.0.1 only; this server listens on {listening}")
         return f"http://127.0.0.1:{parts.port}"
 
-    async def start(self, nursery: trio.Nursery, url: str, users: int, seats: int, route: str) -> dict[str, Any]:
-        """Create the sale's event, then start the child in `nursery`; the 202 body."""
+    async def start(self, nursery: trio.Nursery, url: str, users: int, seats: int, route: str,
+                    waiting_room: Mapping[str, Any] | None = None,
+                    sale_starts_in: float = 0.0) -> dict[str, Any]:
+        """Create the sale's event, then start the child in `nursery`; the 202 body.
+
+        `waiting_room`: the event's waiting room (API 1.2, a mapping or a pydantic model of its members),
+        the sale opening `sale_starts_in` seconds (0..MAX_SALE_STARTS_IN) after the event's creation; the
+        child then runs the load generator's waiting-room mode. An invalid waiting room raises the event
+        schema's ValidationError (naming the field) before anything is created."""
         if self.running:
             raise FlashSaleRunning()
         self.running = True  # before any await: a second request meanwhile gets 409
         try:
-            spec = EventIn.model_validate(event_body(f"Flash sale: {users:,} fans, {seats:,} seats", seats,
-                                                     venue="flash sale"))
-            event: Event = await self.service.create_event(spec.to_event(self.service.clock()))
+            room = _plain(waiting_room)
+            now = self.service.clock()
+            body = event_body(f"Flash sale: {users:,} fans, {seats:,} seats"
+                              f"{', waiting room' if room is not None else ''}", seats, venue="flash sale")
+            if room is not None:
+                if not 0 <= sale_starts_in <= MAX_SALE_STARTS_IN:
+                    raise ValueError(f"sale_starts_in: must be between 0 and {MAX_SALE_STARTS_IN:g} seconds")
+                body["waiting_room"] = room
+                if sale_starts_in > 0:
+                    body["sale_starts_at"] = iso_time(now + sale_starts_in)
+            # as POST /api/events reads a body: JSON mode (timestamps as RFC 3339 strings), strict
+            spec = EventIn.model_validate_json(orjson.dumps(body))
+            event: Event = await self.service.create_event(spec.to_event(now))
         except BaseException:
             self.running = False
             raise
-        members = {"event_id": event.id, "users": users, "seats": seats, "route": route}
+        members: dict[str, Any] = {"event_id": event.id, "users": users, "seats": seats, "route": route}
+        self._waiting_room = None
+        if room is not None:
+            members["waiting_room"] = self._waiting_room = room
+            if "sale_starts_at" in body:
+                members["sale_starts_at"] = body["sale_starts_at"]
         self.state = {"state": "started", **members}
         nursery.start_soon(self._run, url, members, name="flash-sale")
         return dict(self.state)
@@ -88,9 +119,12 @@ class FlashSaleRunner:
             self._scope.cancel()
 
     def command(self, url: str, members: dict[str, Any]) -> list[str]:
-        return [sys.executable, "-m", "ticketblitz", "flash-sale", "--url", url, "--json-progress",
-                "--users", str(members["users"]), "--seats", str(members["seats"]), "--route", members["route"],
-                "--event-id", members["event_id"], "--allow-socket-errors", *CHILD_DEADLINES]
+        command = [sys.executable, "-m", "ticketblitz", "flash-sale", "--url", url, "--json-progress",
+                   "--users", str(members["users"]), "--seats", str(members["seats"]), "--route", members["route"],
+                   "--event-id", members["event_id"], "--allow-socket-errors", *CHILD_DEADLINES]
+        if "waiting_room" in members:
+            command.append("--waiting-room")  # the event's waiting room: join, wait for the pass, book with it
+        return command
 
     async def _run(self, url: str, members: dict[str, Any]) -> None:
         env = {**os.environ, "TICKETBLITZ_ADMIN_TOKEN": self.service.settings.admin_token}
@@ -119,6 +153,7 @@ class FlashSaleRunner:
                 # cancelled from outside (the serving nursery ends): the child is terminated all the same
                 self._finish(members, "stopped: the server is shutting down")
             self._scope = None
+            self._waiting_room = None
             self.running = False
 
     def _relay(self, raw: bytes) -> None:
@@ -131,6 +166,8 @@ class FlashSaleRunner:
         if not isinstance(line, dict) or line.get("state") not in STATES:
             return
         frame = {k: line[k] for k in FRAME_MEMBERS if k in line}
+        if self._waiting_room is not None:
+            frame.setdefault("waiting_room", self._waiting_room)  # the sale's event's (this server made it)
         self.state = frame
         self.service.telemetry.publish("loadgen", **frame)
         if frame["state"] == "failed":
@@ -142,6 +179,15 @@ class FlashSaleRunner:
         frame = {**(self.state or {}), **members, "state": "failed", "error": error}
         self.state = frame
         self.service.telemetry.publish("loadgen", **frame)
+
+
+def _plain(waiting_room: Any) -> dict[str, Any] | None:
+    """The waiting room's members as a plain dict (from a mapping or a pydantic model), None for none."""
+    if waiting_room is None:
+        return None
+    if hasattr(waiting_room, "model_dump"):
+        return dict(waiting_room.model_dump(mode="json", exclude_none=True))
+    return dict(waiting_room)
 
 
 async def _run_child(command: list[str], env: dict[str, str],

@@ -40,7 +40,10 @@ CHILD_DEADLINES = ("--connect-timeout", "10", "--timeout", "30", "--decide-timeo
 MAX_LINE = 64 * 1024  # a progress line is a few hundred bytes; a longer one is not ours
 # the members of a `loadgen` frame (spec/telemetry.md); anything else in a line is not relayed
 FRAME_MEMBERS = ("state", "event_id", "users", "seats", "route", "sent", "answered", "by_code", "p50_ms",
-                 "p99_ms", "decided", "pending", "oversold", "error", "waiting_room")
+                 "p99_ms", "decided", "pending", "oversold", "error",
+                 # the waiting-room mode's (`--waiting-room`): its fans' progress through the line
+                 "waiting_room", "phase", "arrived", "joined", "final", "admitted", "sold_out", "booked", "held",
+                 "confirmed", "done", "passed")
 MAX_SALE_STARTS_IN = 30.0  # seconds from the event's creation to its sale's opening, at most (waiting room)
 STATES = frozenset({"started", "progress", "finished", "failed"})
 # the addresses a listener may have for the child to reach it on 127.0.0.1
@@ -60,6 +63,7 @@ class FlashSaleRunner:
         self.state: dict[str, Any] | None = None  # the last frame's members
         self._scope: trio.CancelScope | None = None
         self._waiting_room: dict[str, Any] | None = None  # the running sale's event's, for its frames
+        self._opens_in = 0.0  # seconds from its creation to its sale's opening
 
     def snapshot(self) -> dict[str, Any]:
         """GET /api/admin/flash-sale: the last run's state (`idle` before the first)."""
@@ -105,6 +109,7 @@ class FlashSaleRunner:
             raise
         members: dict[str, Any] = {"event_id": event.id, "users": users, "seats": seats, "route": route}
         self._waiting_room = None
+        self._opens_in = sale_starts_in if room is not None else 0.0
         if room is not None:
             members["waiting_room"] = self._waiting_room = room
             if "sale_starts_at" in body:
@@ -123,7 +128,10 @@ class FlashSaleRunner:
                    "--users", str(members["users"]), "--seats", str(members["seats"]), "--route", members["route"],
                    "--event-id", members["event_id"], "--allow-socket-errors", *CHILD_DEADLINES]
         if "waiting_room" in members:
-            command.append("--waiting-room")  # the event's waiting room: join, wait for the pass, book with it
+            # the event's waiting room: each fan joins, waits for its pass, books with it and confirms;
+            # --timeout then bounds the whole line, which waits for the sale's opening first
+            command.append("--waiting-room")
+            command[command.index("--timeout") + 1] = f"{float(CHILD_DEADLINES[3]) + self._opens_in:g}"
         return command
 
     async def _run(self, url: str, members: dict[str, Any]) -> None:
@@ -131,7 +139,7 @@ class FlashSaleRunner:
         stderr_tail: deque[bytes] = deque(maxlen=20)
         process: trio.Process | None = None
         try:
-            with trio.CancelScope() as scope, trio.move_on_after(CHILD_TIMEOUT) as bounded:
+            with trio.CancelScope() as scope, trio.move_on_after(CHILD_TIMEOUT + self._opens_in) as bounded:
                 self._scope = scope
                 async with trio.open_nursery() as nursery:
                     process = await nursery.start(_run_child, self.command(url, members), env)
@@ -141,7 +149,7 @@ class FlashSaleRunner:
             if scope.cancelled_caught:
                 self._finish(members, "stopped: the server is shutting down")
             elif bounded.cancelled_caught:
-                self._finish(members, f"stopped after {CHILD_TIMEOUT:g} s")
+                self._finish(members, f"stopped after {CHILD_TIMEOUT + self._opens_in:g} s")
             elif (self.state or {}).get("state") not in ("finished", "failed"):
                 tail = b" | ".join(stderr_tail).decode(errors="replace")[-500:]
                 code = process.returncode if process is not None else None
@@ -154,6 +162,7 @@ class FlashSaleRunner:
                 self._finish(members, "stopped: the server is shutting down")
             self._scope = None
             self._waiting_room = None
+            self._opens_in = 0.0
             self.running = False
 
     def _relay(self, raw: bytes) -> None:

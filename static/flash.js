@@ -26,6 +26,7 @@ export class FlashSale {
     this.onFinished = onFinished;
     this.eventId = null;
     this.running = false;
+    this.last = {};  // the run's last progress frame (a waiting-room run's final line carries only the verdict)
     form.addEventListener("submit", (e) => { e.preventDefault(); this.start(); });
     this.tokenChanged();
     this.waitingRoomChanged();
@@ -86,6 +87,7 @@ export class FlashSale {
       return;
     }
     this.eventId = r.body.event_id;
+    this.last = {};
     this.status.dataset.state = "started";
     const wr = r.body.waiting_room;
     this.status.textContent = `Started: ${r.body.users} fans for ${r.body.seats} seats via ${r.body.route}`
@@ -104,15 +106,21 @@ export class FlashSale {
     if (!this.eventId && f.event_id && f.state === "started") this.eventId = f.event_id;  // started elsewhere
     this.progress.hidden = false;
     if (f.users) this.progress.max = f.users;
-    this.progress.value = f.answered ?? f.sent ?? 0;
+    const line = f.joined !== undefined || f.phase !== undefined;  // the load generator's waiting-room mode
+    this.progress.value = line ? f.done ?? 0 : f.answered ?? f.sent ?? 0;
     const codes = Object.entries(f.by_code || {}).map(([c, n]) => `${c}×${n}`).join(" ");
     this.status.dataset.state = f.state;
     if (f.state === "progress" || f.state === "started") {
       this.running = true;
+      this.last = f;
       this.tokenChanged();
-      this.status.textContent = `${f.state}: sent ${f.sent ?? 0} / ${f.users ?? "?"}, answered ${f.answered ?? 0}`
-        + `${codes ? ` (${codes})` : ""}${f.decided !== undefined ? `, decided ${f.decided}` : ""}`
-        + `${f.pending !== undefined ? `, pending ${f.pending}` : ""}`;
+      this.status.textContent = line
+        ? `${f.state}${f.phase ? ` (${f.phase})` : ""}: arrived ${f.arrived ?? 0} / ${f.users ?? "?"}, `
+          + `joined ${f.joined ?? 0}${codes ? ` (${codes})` : ""}, admitted ${f.admitted ?? 0}, `
+          + `sold out ${f.sold_out ?? 0}, held ${f.held ?? 0}, confirmed ${f.confirmed ?? 0}, done ${f.done ?? 0}`
+        : `${f.state}: sent ${f.sent ?? 0} / ${f.users ?? "?"}, answered ${f.answered ?? 0}`
+          + `${codes ? ` (${codes})` : ""}${f.decided !== undefined ? `, decided ${f.decided}` : ""}`
+          + `${f.pending !== undefined ? `, pending ${f.pending}` : ""}`;
       return;
     }
     this.running = false;
@@ -131,10 +139,18 @@ export class FlashSale {
     const caption = document.createElement("caption");
     caption.textContent = `Flash sale ${f.state}: event ${f.event_id ?? this.eventId}`;
     t.append(caption);
-    const rows = [
+    const last = this.last || {};
+    const rows = (f.waiting_room || last.joined !== undefined) ? [
+      ["fans (users)", f.users], ["seats", f.seats],
+      ["waiting room", `${f.waiting_room?.mode ?? "fifo"}, at most ${f.waiting_room?.admit_per_second ?? "?"} admits/s`],
+      ...[["joined", "joined"], ["admitted (passes)", "admitted"], ["sold out tickets", "sold_out"],
+        ["bookings", "booked"], ["held", "held"], ["confirmed", "confirmed"], ["fans done", "done"]]
+        .map(([label, k]) => [`${label} (last progress)`, last[k]]),
+      ["join latency p50 / p99", `${last.p50_ms ?? "–"} / ${last.p99_ms ?? "–"} ms`],
+      ["verified", f.passed === undefined ? undefined : f.passed ? "passed" : "failed"], ["oversold", f.oversold],
+    ] : [
       ["fans (users)", f.users], ["seats", f.seats], ["route", f.route], ["requests sent", f.sent],
       ["answered", f.answered],
-      ...(f.waiting_room ? [["waiting room", `${f.waiting_room.mode ?? "fifo"}, at most ${f.waiting_room.admit_per_second ?? "?"} admits/s`]] : []),
       ["answers by code", Object.entries(f.by_code || {}).map(([c, n]) => `${c}: ${n}`).join(", ") || "–"],
       ["latency p50 / p99", `${f.p50_ms ?? "–"} / ${f.p99_ms ?? "–"} ms`],
       ["bookings decided", f.decided], ["still pending", f.pending], ["oversold", f.oversold],

@@ -35,6 +35,9 @@ export class FlashSale {
   waitingRoomChanged() {
     const on = this.wr.enabled.checked;
     for (const input of [this.wr.mode, this.wr.rate, this.wr.opens]) input.disabled = !on;
+    // the waiting-room mode books through POST /api/events/{id}/bookings only (with each fan's Queue-Pass)
+    if (on) this.route.value = "bookings";
+    this.route.disabled = on;
   }
 
   /** The page selected event `e`: a sale started now is like it (with a waiting room of its policy, or none). */

@@ -214,3 +214,34 @@ def children_running(event_id: str) -> list[int]:
             except OSError:
                 continue  # ended meanwhile
     return pids
+
+
+async def test_runner_waiting_room_sale_runs_the_load_generators_waiting_room_mode(server: Running,
+                                                                                   nursery: trio.Nursery) -> None:
+    """FlashSaleRunner with a waiting room (what the page's "through a waiting room" option asks for): the
+    sale's event gets the waiting room and its opening time, the child runs `flash-sale --waiting-room`, and
+    the run ends finished and verified with every seat sold and the rest of the line sold out."""
+    from ticketblitz.web.flash_sale import FlashSaleRunner
+
+    runner = FlashSaleRunner(server.service)
+    room = {"mode": "fifo", "admit_per_second": 200}
+    started = await runner.start(nursery, server.url, USERS, SEATS, "bookings", waiting_room=room, sale_starts_in=2)
+    assert started["waiting_room"] == room and started["sale_starts_at"], started
+    event = await event_of(server.url, started["event_id"])
+    assert event["waiting_room"]["mode"] == "fifo" and event["waiting_room"]["admit_per_second"] == 200, event
+    assert event["sale_starts_at"] and event["capacity"] == SEATS
+    command = runner.command(server.url, {**started})
+    assert "--waiting-room" in command and command[command.index("--timeout") + 1] == "32"
+    with trio.fail_after(100):
+        while True:
+            state = runner.snapshot()
+            if not state["running"]:
+                break
+            await trio.sleep(0.1)
+    assert state["state"] == "finished", state
+    assert state["oversold"] == 0 and state["passed"] is True and state["waiting_room"] == room, state
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        line = (await client.get(f"/api/events/{started['event_id']}/queue")).json()
+    assert line["joined"] == USERS and line["sold_out"] is True and line["waiting"] == 0, line
+    event = await event_of(server.url, started["event_id"])
+    assert event["counts"] == {"available": 0, "held": 0, "sold": SEATS}, event["counts"]

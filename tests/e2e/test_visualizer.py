@@ -431,6 +431,7 @@ def panel(page: Any) -> dict[str, str]:
         const p = document.getElementById('wr-panel');
         return {...p.dataset, hidden: String(p.hidden), state: document.getElementById('wr-state').dataset.state || '',
                 text: document.getElementById('wr-state').textContent,
+                secondsLeft: document.getElementById('wr-state').dataset.secondsLeft || '',
                 badge: String(!document.getElementById('wr-badge').hidden),
                 cells: document.getElementById('wr-line').dataset.cells || '',
                 passed: document.getElementById('wr-line').dataset.passed || '',
@@ -482,7 +483,7 @@ def test_waiting_room_panel_follows_the_line(server: str, browser: Any) -> None:
     try:
         page.goto(f"{server}/#admin={TOKEN}")
         page.wait_for_selector("#conn[data-state=live]", timeout=15000)
-        event = create_waiting_room_event(server, opens_in=8)
+        event = create_waiting_room_event(server, opens_in=15)
         event_id = event["id"]
         select_event(page, event_id)
         page.evaluate(WATCH_FRONT)
@@ -490,11 +491,11 @@ def test_waiting_room_panel_follows_the_line(server: str, browser: Any) -> None:
                                timeout=10000)
         shown = panel(page)
         assert shown["mode"] == "fifo" and shown["open"] == "false", shown
-        assert "opens in" in shown["text"] and 0 < int(shown.get("secondsLeft", "0")) <= 8, shown
+        assert "opens in" in shown["text"] and 0 < int(shown["secondsLeft"] or 0) <= 15, shown
         assert "admits ≤ 200/s" in page.inner_text("#wr-policy")
 
         fans = Fans(server, event_id).start()
-        assert fans.joined.wait(30), "the fans could not join in 30 s"
+        assert fans.joined.wait(30), "the fans could not join in 30 s"  # about 5 s on a busy 2-core machine
         # the whole line is in the pre-queue: the page shows 300 joined, nobody admitted
         line = wait_line_agreement(page, server, event_id)
         assert line["joined"] == WR_FANS and line["admitted_through"] == 0 and not line["open"], line
@@ -526,7 +527,9 @@ def test_waiting_room_panel_follows_the_line(server: str, browser: Any) -> None:
         # the log names the sold-out frame
         page.select_option("#log-kind", "waiting_room")
         page.wait_for_timeout(400)
-        assert page.locator("#log-list li[data-kind=waiting_room]").filter(has_text="SOLD OUT").count() == 1
+        sold_out_lines = page.locator("#log-list li[data-kind=waiting_room]").filter(
+            has_text=re.compile(r"SOLD OUT: \d+ waiting"))
+        assert sold_out_lines.count() == 1, page.inner_text("#log-list")
 
         page.select_option("#log-kind", "")
         page.evaluate("window.scrollTo(0, 0)")

@@ -219,6 +219,7 @@ export class WaitingRoom {
     const state = this.el.state, badge = this.el.badge;
     const starts = e.sale_starts_at ? Date.parse(e.sale_starts_at) : null;
     if (line.sold_out) {
+      delete state.dataset.secondsLeft;
       const sold = this.soldOut.get(e.id);
       badge.hidden = false;
       badge.textContent = "SOLD OUT";
@@ -229,6 +230,7 @@ export class WaitingRoom {
       return;
     }
     badge.hidden = true;
+    delete state.dataset.secondsLeft;
     if (line.open === undefined) {
       state.dataset.state = "unknown";
       state.textContent = "waiting for the server's numbers…";

@@ -62,7 +62,8 @@ const flash = new FlashSale({
   form: $("flash-form"), users: $("flash-users"), seats: $("flash-seats"), route: $("flash-route"),
   button: $("flash-run"), hint: $("flash-hint"), progress: $("flash-progress"), status: $("flash-status"),
   summary: $("flash-summary"),
-  waitingRoom: { enabled: $("flash-wr"), mode: $("flash-wr-mode"), rate: $("flash-wr-rate"), opens: $("flash-wr-opens") },
+  waitingRoom: { enabled: $("flash-wr"), mode: $("flash-wr-mode"), rate: $("flash-wr-rate"), bits: $("flash-wr-bits"),
+    opens: $("flash-wr-opens") },
 }, {
   onStarted: async (eventId) => {
     await ensureEvent(eventId);

@@ -20,7 +20,7 @@ export class FlashSale {
   constructor({ form, users, seats, route, button, hint, progress, status, summary, waitingRoom },
     { onStarted, onFinished }) {
     Object.assign(this, { form, users, seats, route, button, hint, progress, status, summary });
-    this.wr = waitingRoom;  // {enabled, mode, rate, opens}: the sale's event gets a waiting room (API 1.2)
+    this.wr = waitingRoom;  // {enabled, mode, rate, bits, opens}: the sale's event gets a waiting room (API 1.2)
     this.wr.enabled.addEventListener("change", () => this.waitingRoomChanged());
     this.onStarted = onStarted;
     this.onFinished = onFinished;
@@ -34,7 +34,7 @@ export class FlashSale {
 
   waitingRoomChanged() {
     const on = this.wr.enabled.checked;
-    for (const input of [this.wr.mode, this.wr.rate, this.wr.opens]) input.disabled = !on;
+    for (const input of [this.wr.mode, this.wr.rate, this.wr.bits, this.wr.opens]) input.disabled = !on;
     // the waiting-room mode books through POST /api/events/{id}/bookings only (with each fan's Queue-Pass)
     if (on) this.route.value = "bookings";
     this.route.disabled = on;
@@ -47,6 +47,7 @@ export class FlashSale {
     if (wr) {
       if (wr.mode) this.wr.mode.value = wr.mode;
       if (wr.admit_per_second) this.wr.rate.value = String(wr.admit_per_second);
+      this.wr.bits.value = String(wr.challenge_bits ?? 0);
     }
     this.waitingRoomChanged();
   }
@@ -55,7 +56,8 @@ export class FlashSale {
   body() {
     const body = { users: Number(this.users.value), seats: Number(this.seats.value), route: this.route.value };
     if (this.wr.enabled.checked) {
-      body.waiting_room = { mode: this.wr.mode.value, admit_per_second: Number(this.wr.rate.value) };
+      body.waiting_room = { mode: this.wr.mode.value, admit_per_second: Number(this.wr.rate.value),
+        challenge_bits: Number(this.wr.bits.value) };
       body.sale_starts_in = Number(this.wr.opens.value);
     }
     return body;

@@ -490,6 +490,14 @@ def test_waiting_room_panel_follows_the_line(server: str, browser: Any) -> None:
     try:
         page.goto(f"{server}/#admin={TOKEN}")
         page.wait_for_selector("#conn[data-state=live]", timeout=15000)
+        # serve --demo's waiting-room event: the panel shows its line, and the flash-sale form takes its policy
+        select_event(page, "evt_queue_demo")
+        wait_line_agreement(page, server, "evt_queue_demo")
+        assert "challenge 8 bits" in page.inner_text("#wr-policy")
+        assert page.is_checked("#flash-wr") and page.input_value("#flash-wr-bits") == "8"
+        page.select_option("#event-select", "evt_demo")
+        page.wait_for_selector("#wr-panel[hidden]", state="attached", timeout=10000)
+        assert not page.is_checked("#flash-wr")
         event = create_waiting_room_event(server, opens_in=15)
         event_id = event["id"]
         select_event(page, event_id)

@@ -217,3 +217,47 @@ def test_summarize_direct_sale_has_no_line_and_counts_overtakes() -> None:
     assert parts["bookings"]["problem_codes"] == {"sold_out": 1}
     summary = booking_summary(fans)
     assert summary.problem_codes == {"sold_out": 1} and summary.success_without_booking == 0
+
+
+# ---------------------------------------------------------------------- end to end, against a stand-in
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(("bits", "abandon"), [(0, 0.0), (4, 0.2)])
+async def test_a_waiting_room_sale_against_a_stand_in(bits: int, abandon: float) -> None:
+    """The whole fan flow against tests/unit/fake_waiting_room.py (the contract's shapes, not the server):
+    every fan ends final, the passes went out in position order, every seat is sold, nobody oversold."""
+    import trio
+    from fake_waiting_room import TOKEN, Fake, serve
+
+    from ticketblitz.loadgen.waiting_room import SaleOptions, judge_sale, run_sale
+
+    fake, port = Fake(), _free_port()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve, fake, port)
+        options = SaleOptions(url=f"http://127.0.0.1:{port}", admin_token=TOKEN, fans=600, seats=50,
+                              settings=WaitingRoomSettings("fifo", 400, 30, bits), connections=40,
+                              arrival_seconds=0.3, deadline_seconds=40, abandon=abandon, hold_seconds=5)
+        with trio.fail_after(60):
+            report = await run_sale(options)
+        nursery.cancel_scope.cancel()
+    judge_sale(report)
+    assert report.passed, report.exit_reasons
+    assert report.tickets is not None and report.tickets["all_final"]
+    assert report.order is not None and report.order["ok"] and report.order["issue_inversions"] == 0
+    assert report.oversold == 0 and report.verification.counts == {"available": 0, "held": 0, "sold": 50}
+    assert report.bookings["confirmed"] == 50
+    assert report.admission is not None
+    assert report.admission["passes_issued"] == 50 + report.admission["lapsed_holds"]
+    assert report.admission["sold_out_tickets"] == 600 - report.admission["passes_issued"]
+    assert report.requests["connections_made"] - report.requests["connections_discarded"] <= 40
+    assert report.fairness["overtakes"] == 0 if abandon == 0 else report.fairness["overtakes"] >= 0
+    if bits:
+        assert report.joins is not None and report.joins["pow_tries"] >= 600

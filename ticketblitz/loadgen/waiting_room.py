@@ -234,7 +234,8 @@ class Line:
         self.errors: Counter[str] = Counter()
         # (t, joined, waiting, admitted, outstanding, expired, admitted_through, sold_out) per read
         self.history: list[tuple[Any, ...]] = []
-        self._heap: list[tuple[int, int]] = []  # (position, fan index) of sleeping fans
+        self._heap: list[tuple[int, int]] = []  # (position, fan index): wake when near the head
+        self._due_heap: list[tuple[int, int]] = []  # (position, fan index): wake only when admitted_through reaches it
         self._unknown: set[int] = set()  # sleeping fans without a position (lottery pre-queue)
         self._events: dict[int, trio.Event] = {}
         self._polls: dict[int, tuple[int | None, trio.CancelScope]] = {}
@@ -250,14 +251,15 @@ class Line:
     def near(self, fan: Fan) -> bool:
         return fan.position is not None and fan.position <= self.admitted_through + self.near_window
 
-    async def sleep(self, fan: Fan, seconds: float) -> bool:
-        """Until the line reaches the fan (True) or `seconds` pass (False)."""
+    async def sleep(self, fan: Fan, seconds: float, until_due: bool = False) -> bool:
+        """Until the line comes near the fan (True; with `until_due`, until it reaches the fan) or `seconds`
+        pass (False)."""
         event = trio.Event()
         self._events[fan.index] = event
         if fan.position is None:
             self._unknown.add(fan.index)
         else:
-            heapq.heappush(self._heap, (fan.position, fan.index))
+            heapq.heappush(self._due_heap if until_due else self._heap, (fan.position, fan.index))
         try:
             with trio.move_on_after(seconds):
                 await event.wait()
@@ -292,10 +294,13 @@ class Line:
             for index in list(self._events):
                 self._wake(index)
             self._heap.clear()
+            self._due_heap.clear()
         else:
             reach = self.admitted_through + self.near_window
             while self._heap and self._heap[0][0] <= reach:
                 self._wake(heapq.heappop(self._heap)[1])
+            while self._due_heap and self._due_heap[0][0] <= self.admitted_through:
+                self._wake(heapq.heappop(self._due_heap)[1])
             if self.open:
                 for index in list(self._unknown):
                     self._wake(index)
@@ -325,6 +330,8 @@ class Sale:
         near = options.near_window if options.near_window is not None else max(50, math.ceil(admit * 4 * WATCH_EVERY))
         self.line = Line(near)
         self.pool = ConnectionPool(port, options.connections)
+        # long polls may hold at most half the pool: the fans whose turn has come must find a connection
+        self.long_polls = trio.CapacityLimiter(max(1, options.connections // 2))
         self.tally = tally
         self.errors: Counter[str] = Counter()  # socket errors, timeouts, retried 429/503
         self.rng = random.Random(options.seed + 1)
@@ -443,9 +450,14 @@ class Sale:
             if self.line.due(fan):
                 wait = 0
             elif self.line.near(fan):
-                wait = LONG_WAIT
+                try:
+                    self.long_polls.acquire_on_behalf_of_nowait(fan.index)
+                    wait = LONG_WAIT
+                except trio.WouldBlock:  # enough fans hold long polls: sleep until the line reaches this one
+                    await self.line.sleep(fan, 0.5 + self.rng.random(), until_due=True)
+                    continue
             elif await self.line.sleep(fan, FALLBACK * (0.5 + self.rng.random())):
-                continue  # woken: the line reached the fan; decide again
+                continue  # woken: the line came near the fan; decide again
             else:
                 wait = 0  # the fallback read
             raw = request_bytes("GET", f"{path}{wait}", self.port, token=fan.secret)
@@ -457,6 +469,8 @@ class Sale:
                     answer = await self.call(fan, raw, "poll", wait)
                 finally:
                     self.line.polling(fan, None)
+                    if wait:
+                        self.long_polls.release_on_behalf_of(fan.index)
             if scope.cancelled_caught:
                 self.line.cut += 1
                 continue

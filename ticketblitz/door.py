@@ -59,21 +59,54 @@ UNYIELDED_ANSWERS = 8  # answers a pipelining client gets in a row before its ta
 UPSTREAM_SEND_SECONDS = 10.0  # for handing a request (≤ head + body limits) to Hypercorn
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError)
 
-Route = tuple[Callable[..., Awaitable[intake.Answer]], tuple[str, ...]]
-BOOKINGS_TEMPLATE = "POST /api/events/{id}/bookings"  # the route's name in telemetry and /metrics
+# the handler, its path parameters, the route's name in telemetry and /metrics, whether it takes a JSON body
+Route = tuple[Callable[..., Awaitable[intake.Answer]], tuple[str, ...], str, bool]
+BOOKINGS_TEMPLATE = "POST /api/events/{id}/bookings"
+QUEUE_SUFFIX = "/queue"
+CHALLENGE_SUFFIX = "/queue/challenge"
+TICKET_PREFIX = "/api/queue/"
+
+
+def _one_segment(value: str) -> bool:
+    return bool(value) and "/" not in value
 
 
 def _route(method: str, path: str) -> Route | None:
     """The intake route this request is for, with its path parameter; None for everything else."""
+    if method == "GET":
+        return _queue_read(path)
     if method != "POST":
         return None
     compat = intake.COMPAT_ROUTES.get(path)
     if compat is not None:
-        return compat, ()
-    if path.startswith(EVENTS_PREFIX) and path.endswith(BOOKINGS_SUFFIX):
-        event_id = path[len(EVENTS_PREFIX):-len(BOOKINGS_SUFFIX)]
-        if event_id and "/" not in event_id:
-            return intake.create_booking, (event_id,)
+        return compat, (), "POST " + path, True
+    if path.startswith(EVENTS_PREFIX):
+        if path.endswith(BOOKINGS_SUFFIX):
+            event_id = path[len(EVENTS_PREFIX):-len(BOOKINGS_SUFFIX)]
+            if _one_segment(event_id):
+                return intake.create_booking, (event_id,), BOOKINGS_TEMPLATE, True
+        elif path.endswith(QUEUE_SUFFIX):
+            event_id = path[len(EVENTS_PREFIX):-len(QUEUE_SUFFIX)]
+            if _one_segment(event_id):
+                return intake.join_queue, (event_id,), "POST /api/events/{id}/queue", True
+    return None
+
+
+def _queue_read(path: str) -> Route | None:
+    """The waiting room's reads: a ticket (also its long-poll), a line, a challenge."""
+    if path.startswith(TICKET_PREFIX):
+        ticket_id = path[len(TICKET_PREFIX):]
+        if _one_segment(ticket_id):
+            return intake.queue_ticket, (ticket_id,), "GET /api/queue/{id}", False
+    elif path.startswith(EVENTS_PREFIX):
+        if path.endswith(CHALLENGE_SUFFIX):
+            event_id = path[len(EVENTS_PREFIX):-len(CHALLENGE_SUFFIX)]
+            if _one_segment(event_id):
+                return intake.queue_challenge, (event_id,), "GET /api/events/{id}/queue/challenge", False
+        elif path.endswith(QUEUE_SUFFIX):
+            event_id = path[len(EVENTS_PREFIX):-len(QUEUE_SUFFIX)]
+            if _one_segment(event_id):
+                return intake.queue_line, (event_id,), "GET /api/events/{id}/queue", False
     return None
 
 
@@ -388,10 +421,10 @@ class _Connection:
         route = _route(request.method, request.path)
         if route is not None:
             clock = time.perf_counter()
-            handler, params = route
-            answer = await intake.answer(handler, door.service, intake.Call(request.headers, body), *params)
-            door.service.telemetry.record_request(answer.status, time.perf_counter() - clock,
-                                                  BOOKINGS_TEMPLATE if params else "POST " + request.path)
+            handler, params, name, json_body = route
+            answer = await intake.answer(handler, door.service, intake.Call(request.headers, body, request.query),
+                                         *params, json_body=json_body)
+            door.service.telemetry.record_request(answer.status, time.perf_counter() - clock, name)
             keep_alive = keep_alive and not door.closing.is_set()
             await self._send(serialize(answer.status, answer.content_type, answer.headers,
                                        orjson.dumps(answer.body), keep_alive=keep_alive,

@@ -13,9 +13,10 @@ from typing import Any
 from .domain.errors import BookingError, InvalidRequest
 from .domain.model import BookingRequest
 from .domain.rules import request_fingerprint, seat_at_position
-from .policy import check_json_body, cors_headers
-from .representation import booking_json, problem, problem_of
-from .schemas import BookingIn, CompatBookingIn, parse_body, parse_idempotency_key
+from .policy import bearer, check_json_body, cors_headers
+from .reads import query_value
+from .representation import booking_json, problem, problem_of, ticket_json
+from .schemas import BookingIn, CompatBookingIn, JoinIn, parse_body, parse_idempotency_key, parse_wait
 from .service import Accepted, BookingService
 
 log = logging.getLogger("ticketblitz.intake")
@@ -30,6 +31,7 @@ class Call:
 
     headers: Mapping[str, str]
     body: bytes
+    query: str = ""  # the raw query string (the queue's GET routes read `wait`)
 
     @property
     def idempotency_key(self) -> str | None:
@@ -59,6 +61,8 @@ async def create_booking(service: BookingService, call: Call, event_id: str) -> 
     """POST /api/events/{event_id}/bookings."""
     key = parse_idempotency_key(call.idempotency_key)
     body = parse_body(BookingIn, call.body)
+    service.waiting_room.check_booking(await service.catalog.known(event_id), body.user_id,
+                                       call.headers.get("queue-pass"))
     accepted = await service.request_booking(BookingRequest(
         event_id=event_id, user_id=body.user_id, quantity=body.quantity or len(body.seat_ids or ()),
         seat_ids=tuple(body.seat_ids or ()), idempotency_key=key, fingerprint=body.fingerprint(),
@@ -72,6 +76,7 @@ async def _compat_request(service: BookingService, call: Call, admission: str) -
     key = parse_idempotency_key(call.idempotency_key)
     body = parse_body(CompatBookingIn, call.body)
     event = await service.compat_event(body.eventId)
+    service.waiting_room.check_booking(event, body.userId, call.headers.get("queue-pass"))
     seat = seat_at_position(event, body.seatNumber)
     if seat is None:
         raise InvalidRequest(f"seatNumber: event {event.id} has {event.capacity} seats", field="seatNumber")
@@ -106,6 +111,37 @@ def _booked(done: Accepted) -> Answer:
     return Answer(200, {"success": True, "bookingId": booking.id, "booking": booking_json(booking, done.secret)})
 
 
+# ---------------------------------------------------------------------- the waiting room (API 1.2)
+async def join_queue(service: BookingService, call: Call, event_id: str) -> Answer:
+    """POST /api/events/{event_id}/queue."""
+    body = parse_body(JoinIn, call.body)
+    joined = await service.waiting_room.join(event_id, body.user_id, body.challenge, body.proof)
+    ticket = joined.ticket
+    return Answer(201 if joined.created else 200,
+                  ticket_json(ticket, joined.line, service.waiting_room.pass_of(ticket), joined.secret),
+                  {"Location": f"/api/queue/{ticket.id}"})
+
+
+async def queue_ticket(service: BookingService, call: Call, ticket_id: str) -> Answer:
+    """GET /api/queue/{ticket_id} (`?wait=N` long-polls)."""
+    wait = parse_wait(query_value(call.query, "wait"))
+    ticket, line = await service.waiting_room.ticket(ticket_id, bearer(call.headers.get("authorization")), wait)
+    return Answer(200, ticket_json(ticket, line, service.waiting_room.pass_of(ticket)))
+
+
+async def queue_line(service: BookingService, call: Call, event_id: str) -> Answer:
+    """GET /api/events/{event_id}/queue: the line in public numbers."""
+    return Answer(200, (await service.waiting_room.line(event_id)).as_json())
+
+
+async def queue_challenge(service: BookingService, call: Call, event_id: str) -> Answer:
+    """GET /api/events/{event_id}/queue/challenge."""
+    return Answer(200, await service.waiting_room.challenge(event_id))
+
+
+QUEUE_READS = {"queue_ticket": queue_ticket, "queue_line": queue_line, "queue_challenge": queue_challenge}
+
+
 COMPAT_ROUTES = {
     "/api/book-async": book_async,
     "/book": book_async,
@@ -114,11 +150,12 @@ COMPAT_ROUTES = {
 }
 
 
-async def answer(route: Any, service: BookingService, call: Call, *params: str) -> Answer:
+async def answer(route: Any, service: BookingService, call: Call, *params: str, json_body: bool = True) -> Answer:
     """Run one intake route: the body must be JSON (415), domain errors (and surprises) become
     problem+json, and an origin the operator allowed gets its CORS headers."""
     try:
-        check_json_body(call.headers.get("content-type"))
+        if json_body:
+            check_json_body(call.headers.get("content-type"))
         result: Answer = await route(service, call, *params)
     except BookingError as exc:
         result = error_answer(exc)

@@ -25,7 +25,7 @@ PAGE_HEADERS = {
 API_HEADERS = {"X-Content-Type-Options": "nosniff"}
 
 CORS_METHODS = "GET, POST, OPTIONS"
-CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key"
+CORS_HEADERS = "Authorization, Content-Type, Idempotency-Key, Queue-Pass"
 CORS_MAX_AGE = "600"
 
 

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from .domain.errors import BookingError
 from .domain.model import Booking, Event, Seat, SeatStatus
+from .domain.waiting_room import Line, Tick, Ticket
 
 Fences = Mapping[tuple[str, str], int]  # (event_id, seat_id) -> fencing number of the lock held on it
 
@@ -110,6 +111,25 @@ class Store(Protocol):
         tombstones of an enqueue whose outcome is unknown (the client heard 503, so no booking may
         appear: a Kafka copy that did get written is decided rejected and stored nowhere, and the
         client's retry with its Idempotency-Key books afresh)."""
+
+    # ---- the waiting room (docs/API.md "Waiting room"; adapters/waiting_room_sql.py)
+    async def queue_join(self, event_id: str, joins: Sequence[tuple[str, str, str]],
+                         now: float) -> tuple[list[tuple[Ticket, bool]], Line] | None:
+        """Join (ticket id, user id, secret hash) in order in one transaction: each user's ticket and
+        whether it is new, and the line after; None when the event has no waiting room."""
+        ...
+
+    async def queue_tick(self, event_id: str, now: float) -> Tick | None:
+        """One admitter step of the event's line; None when it has none."""
+        ...
+
+    async def queue_ticket(self, ticket_id: str) -> tuple[Ticket, Line] | None: ...
+
+    async def queue_line(self, event_id: str) -> Line | None: ...
+
+    async def queue_admission_order(self, event_id: str) -> list[tuple[int, float]]:
+        """(position, admitted_at) of every ticket ever admitted, by position."""
+        ...
 
     async def server_key(self, candidate: bytes) -> bytes:
         """The deployment's key for booking secrets: stores `candidate` unless a key is stored already,

@@ -6,8 +6,10 @@ from typing import Any
 
 import orjson
 
+from .domain import waiting_room
 from .domain.errors import BookingError
 from .domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatStatus
+from .domain.waiting_room import Line, Ticket, TicketStatus
 from .telemetry import iso_time
 
 # codes of problem+json answers that come from HTTP itself rather than from the booking rules
@@ -26,7 +28,7 @@ COMPAT_STATUS = {SeatStatus.AVAILABLE: "AVAILABLE", SeatStatus.HELD: "LOCKED", S
 
 def event_json(event: Event) -> dict[str, Any]:
     counts = event.counts or Counts(event.capacity, 0, 0)
-    return {
+    body: dict[str, Any] = {
         "id": event.id,
         "name": event.name,
         "venue": event.venue,
@@ -41,6 +43,31 @@ def event_json(event: Event) -> dict[str, Any]:
         "counts": {"available": counts.available, "held": counts.held, "sold": counts.sold},
         "created_at": iso_time(event.created_at),
     }
+    if event.sale_starts_at is not None:
+        body["sale_starts_at"] = iso_time(event.sale_starts_at)
+    if event.waiting_room is not None:
+        body["waiting_room"] = event.waiting_room.as_json()
+    return body
+
+
+def ticket_json(ticket: Ticket, line: Line, pass_token: str | None, secret: str | None = None) -> dict[str, Any]:
+    """The ticket object of the waiting room (docs/API.md); `secret` only in the join's answer."""
+    body: dict[str, Any] = {
+        "id": ticket.id,
+        "event_id": ticket.event_id,
+        "user_id": ticket.user_id,
+        "status": ticket.status.value,
+        "position": ticket.position,
+        "ahead": waiting_room.ahead(ticket, line),
+        "eta_seconds": waiting_room.eta_seconds(ticket, line),
+        "pass": pass_token if ticket.status is TicketStatus.ADMITTED else None,
+        "pass_expires_at": (iso_time(ticket.pass_expires_at) if ticket.status is TicketStatus.ADMITTED
+                            and ticket.pass_expires_at is not None else None),
+        "created_at": iso_time(ticket.created_at),
+    }
+    if secret is not None:
+        body["secret"] = secret
+    return body
 
 
 def booking_json(booking: Booking, secret: str | None = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pydantic.config import JsonDict
 from .domain.errors import InvalidRequest, MalformedRequest
 from .domain.model import Event, Section, new_event_id
 from .domain.rules import MAX_SEATS_PER_EVENT, request_fingerprint
+from .domain.waiting_room import WaitingRoom
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,6 +33,32 @@ class SectionIn(BaseModel):
     price_cents: int = Field(default=0, ge=0, le=10**12)
 
 
+class WaitingRoomIn(BaseModel):
+    """An event's waiting room (docs/API.md, "Waiting room")."""
+
+    model_config = _STRICT
+    mode: Literal["fifo", "lottery"] = Field(
+        default="fifo", description="fifo: arrival order; lottery: the pre-queue shuffled at sale_starts_at")
+    admit_per_second: int = Field(default=100, ge=1, le=100_000)
+    pass_seconds: int = Field(default=300, ge=30, le=3600)
+    challenge_bits: int = Field(default=0, ge=0, le=24, description="proof of work asked of each joiner")
+
+    def to_room(self) -> WaitingRoom:
+        return WaitingRoom(self.mode, self.admit_per_second, self.pass_seconds, self.challenge_bits)
+
+
+def _utc(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError(f"{name}: must carry a time zone offset (RFC 3339)")
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{name}: out of the representable range") from None
+    if utc.year < 1000:
+        raise ValueError(f"{name}: the year must have four digits")
+    return utc
+
+
 class EventIn(BaseModel):
     """Body of POST /api/events."""
 
@@ -42,6 +69,8 @@ class EventIn(BaseModel):
     sections: list[SectionIn] = Field(min_length=1, max_length=50)
     max_per_user: int = Field(default=4, ge=1, le=20)
     hold_seconds: int = Field(default=600, ge=5, le=3600)
+    sale_starts_at: datetime | None = Field(default=None, description="RFC 3339: booking (or the line) opens then")
+    waiting_room: WaitingRoomIn | None = None
 
     @model_validator(mode="after")
     def _whole_event(self) -> EventIn:
@@ -52,14 +81,9 @@ class EventIn(BaseModel):
         if total > MAX_SEATS_PER_EVENT:
             raise ValueError(f"sections: {total} seats exceed the limit of {MAX_SEATS_PER_EVENT} per event")
         if self.starts_at is not None:
-            if self.starts_at.tzinfo is None:
-                raise ValueError("starts_at: must carry a time zone offset (RFC 3339)")
-            try:
-                utc = self.starts_at.astimezone(UTC)
-            except OverflowError:
-                raise ValueError("starts_at: out of the representable range") from None
-            if utc.year < 1000:
-                raise ValueError("starts_at: the year must have four digits")
+            _utc(self.starts_at, "starts_at")
+        if self.sale_starts_at is not None:
+            _utc(self.sale_starts_at, "sale_starts_at")
         return self
 
     def to_event(self, now: float) -> Event:
@@ -70,6 +94,8 @@ class EventIn(BaseModel):
             id=new_event_id(), name=self.name, venue=self.venue, starts_at=starts,
             sections=tuple(Section(s.name, s.rows, s.seats_per_row, s.price_cents) for s in self.sections),
             max_per_user=self.max_per_user, hold_seconds=self.hold_seconds, created_at=now,
+            sale_starts_at=self.sale_starts_at.timestamp() if self.sale_starts_at is not None else None,
+            waiting_room=self.waiting_room.to_room() if self.waiting_room is not None else None,
         )
 
 
@@ -102,6 +128,17 @@ class BookingIn(BaseModel):
 
     def fingerprint(self) -> str:
         return request_fingerprint(self.user_id, self.seat_ids or (), self.quantity)
+
+
+class JoinIn(BaseModel):
+    """Body of POST /api/events/{event_id}/queue."""
+
+    model_config = _STRICT
+    user_id: UserId
+    challenge: str | None = Field(default=None, max_length=1024,
+                                  description="from GET /api/events/{id}/queue/challenge, when challenge_bits > 0")
+    proof: str | None = Field(default=None, max_length=20, pattern=r"^[0-9]+$",
+                              description='decimal; SHA-256 of "{challenge}:{user_id}:{proof}" starts with bits zeros')
 
 
 class CompatBookingIn(BaseModel):
@@ -183,6 +220,53 @@ class EventOut(BaseModel):
     sections: list[SectionOut]
     counts: CountsOut
     created_at: str
+    sale_starts_at: str | None = Field(default=None, description="only on events that have one")
+    waiting_room: WaitingRoomIn | None = Field(default=None, description="only on events that have one")
+
+
+class TicketOut(BaseModel):
+    """A place in an event's waiting room (docs/API.md, "Waiting room")."""
+
+    id: str
+    event_id: str
+    user_id: str
+    status: Literal["waiting", "admitted", "sold_out", "expired"]
+    position: int | None
+    ahead: int | None
+    eta_seconds: float | None
+    pass_: str | None = Field(alias="pass", description="send it as the Queue-Pass header of a booking request")
+    pass_expires_at: str | None
+    created_at: str
+
+
+class NewTicketOut(TicketOut):
+    secret: str = Field(description="the ticket's secret (GET /api/queue/{id} with Authorization: Bearer <secret>)")
+
+
+class LineOut(BaseModel):
+    event_id: str
+    mode: Literal["fifo", "lottery"]
+    open: bool
+    sold_out: bool
+    joined: int
+    waiting: int
+    admitted: int
+    outstanding: int
+    expired: int
+    admitted_through: int
+    lottery_seed: str | None
+
+
+class ChallengeOut(BaseModel):
+    event_id: str
+    challenge: str
+    bits: int
+    expires_at: str
+
+
+class QueuePassHeaders(BaseModel):
+    queue_pass: str | None = Field(default=None, alias="Queue-Pass",
+                                   description="the pass of an admitted ticket: needed on an event with a waiting room")
 
 
 class EventsOut(BaseModel):

@@ -25,9 +25,10 @@ from .adapters.memory_queue import InProcessQueue
 from .adapters.sqlite_store import SqliteStore
 from .config import Settings
 from .domain.model import Event, Section
+from .domain.waiting_room import WaitingRoom
 from .door import IntakeDoor
 from .ports import Admission, BookingQueue, SeatLocks, Store
-from .service import DEMO_EVENT_ID, BookingService
+from .service import DEMO_EVENT_ID, QUEUE_DEMO_EVENT_ID, BookingService
 from .telemetry import Telemetry
 from .web import create_app
 
@@ -86,8 +87,22 @@ def demo_event(now: float, seats: int = 10_000) -> Event:
     )
 
 
+def queue_demo_event(now: float) -> Event:
+    """The waiting-room demo event: 1,000 seats (10 rows of 100), sold through a FIFO line that admits 100
+    fans a second, passes valid 60 s, a proof of work of 8 bits (a few milliseconds in a browser)."""
+    return Event(
+        id=QUEUE_DEMO_EVENT_ID, name="The Eras Tour (waiting room)", venue="Demo Stadium",
+        starts_at="2027-06-02T19:00:00Z", sections=(Section("A", 10, 100, 12_000),), max_per_user=2,
+        hold_seconds=120, created_at=now,
+        waiting_room=WaitingRoom(mode="fifo", admit_per_second=100, pass_seconds=60, challenge_bits=8),
+    )
+
+
 async def seed_demo(service: BookingService) -> tuple[Event, bool]:
-    """Create the demo event (of `demo_seats` seats) unless it exists; (event, created)."""
+    """Create the demo event (of `demo_seats` seats) and the waiting-room demo event unless they exist;
+    (the demo event, whether it was created)."""
+    if await service.store.get_event(QUEUE_DEMO_EVENT_ID) is None:
+        await service.create_event(queue_demo_event(service.clock()))
     existing = await service.store.get_event(DEMO_EVENT_ID)
     if existing is not None:
         return existing, False

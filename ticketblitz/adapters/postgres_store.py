@@ -64,7 +64,9 @@ from psycopg_pool import ConnectionPool
 from ..domain import rules
 from ..domain.errors import NotFound, Unavailable
 from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus
+from ..domain.waiting_room import Line, Tick, Ticket
 from ..ports import EdgeSnapshot, Fences
+from . import waiting_room_sql
 from .rows import (
     BOOKING_COLUMN_COUNT,
     BOOKING_COLUMNS,
@@ -72,6 +74,7 @@ from .rows import (
     booking_from_row,
     event_from_row,
     rejected_booking,
+    waiting_room_text,
 )
 
 T = TypeVar("T")
@@ -160,6 +163,11 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE tombstones (id text PRIMARY KEY, created_at double precision NOT NULL);
     """,
+    # 5: the waiting room (API 1.2): an event's sale start and room settings, its line and tickets.
+    """
+    ALTER TABLE events ADD COLUMN sale_starts_at double precision;
+    ALTER TABLE events ADD COLUMN waiting_room text;
+    """ + waiting_room_sql.TABLES,
 ]
 
 
@@ -840,9 +848,9 @@ class PostgresStore:
         def tx(conn: Conn) -> None:
             conn.execute(
                 "INSERT INTO events (id, name, venue, starts_at, sections, capacity, max_per_user, hold_seconds, "
-                "available, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                "available, created_at, sale_starts_at, waiting_room) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (event.id, event.name, event.venue, event.starts_at, sections, event.capacity, event.max_per_user,
-                 event.hold_seconds, event.capacity, event.created_at),
+                 event.hold_seconds, event.capacity, event.created_at, event.sale_starts_at, waiting_room_text(event)),
             )
             # COPY: 200,000 seat rows in about a second, in the same transaction as the event
             with conn.cursor().copy(
@@ -851,6 +859,7 @@ class PostgresStore:
                 copy.set_types(["text", "int4", "text", "text", "int4", "int4"])
                 for r in rules.seat_map(event):
                     copy.write_row((event.id, r.position, r.id, r.section, r.row, r.number))
+            waiting_room_sql.insert_line(conn, waiting_room_sql.POSTGRES, event)
 
         await self._call(tx)
         try:
@@ -1135,6 +1144,33 @@ class PostgresStore:
             return []
         return await self._call(partial(_reject, bookings=bookings, reason=reason, now=now, insert=insert,
                                         keep_key=keep_key))
+
+    # ------------------------------------------------------------------ the waiting room
+    async def queue_join(self, event_id: str, joins: Sequence[tuple[str, str, str]],
+                         now: float) -> tuple[list[tuple[Ticket, bool]], Line] | None:
+        if not _storable(event_id):
+            return None
+        return await self._call(
+            lambda conn: waiting_room_sql.join(conn, waiting_room_sql.POSTGRES, event_id, joins, now))
+
+    async def queue_tick(self, event_id: str, now: float) -> Tick | None:
+        return await self._call(lambda conn: waiting_room_sql.tick(conn, waiting_room_sql.POSTGRES, event_id, now))
+
+    async def queue_ticket(self, ticket_id: str) -> tuple[Ticket, Line] | None:
+        if not _storable(ticket_id):
+            return None
+        return await self._call(lambda conn: waiting_room_sql.read_ticket(conn, waiting_room_sql.POSTGRES, ticket_id),
+                                snapshot=True)
+
+    async def queue_line(self, event_id: str) -> Line | None:
+        if not _storable(event_id):
+            return None
+        return await self._call(lambda conn: waiting_room_sql.read_line(conn, waiting_room_sql.POSTGRES, event_id),
+                                transaction=False)
+
+    async def queue_admission_order(self, event_id: str) -> list[tuple[int, float]]:
+        return await self._call(
+            lambda conn: waiting_room_sql.admission_order(conn, waiting_room_sql.POSTGRES, event_id), transaction=False)
 
     async def server_key(self, candidate: bytes) -> bytes:
         def tx(conn: Conn) -> bytes:

@@ -3,18 +3,21 @@ order; only how a list is stored differs (JSON text in SQLite, arrays and jsonb 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from ..domain.model import Booking, BookingStatus, Counts, Event, Section
+from ..domain.waiting_room import WaitingRoom
 
 BOOKING_COLUMNS = (
     "id, event_id, user_id, quantity, requested, seat_ids, status, reason, expires_at, "
     "created_at, updated_at, idem_key, fingerprint, secret_hash"
 )
 BOOKING_COLUMN_COUNT = BOOKING_COLUMNS.count(",") + 1
-EVENT_COLUMNS = "id, name, venue, starts_at, sections, max_per_user, hold_seconds, created_at, available, held, sold"
+EVENT_COLUMNS = ("id, name, venue, starts_at, sections, max_per_user, hold_seconds, created_at, available, held, sold, "
+                 "sale_starts_at, waiting_room")
 
 
 def booking_from_row(row: Sequence[Any], as_list: Callable[[Any], Iterable[Any]] = tuple) -> Booking:
@@ -49,7 +52,14 @@ def event_from_row(row: Sequence[Any], as_list: Callable[[Any], Iterable[Any]] =
         hold_seconds=row[6],
         created_at=row[7],
         counts=Counts(available=row[8], held=row[9], sold=row[10]),
+        sale_starts_at=row[11],
+        waiting_room=WaitingRoom.from_json(json.loads(row[12])) if row[12] else None,
     )
+
+
+def waiting_room_text(event: Event) -> str | None:
+    """How both stores keep an event's waiting room: JSON text, or NULL."""
+    return json.dumps(event.waiting_room.as_json()) if event.waiting_room is not None else None
 
 
 def rejected_booking(booking: Booking, reason: str, now: float, *, keep_key: bool = True) -> Booking:

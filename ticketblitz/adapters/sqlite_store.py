@@ -42,7 +42,9 @@ import trio
 from ..domain import rules
 from ..domain.errors import NotFound, Unavailable
 from ..domain.model import Booking, BookingStatus, Counts, Event, Seat, SeatRef, SeatStatus
+from ..domain.waiting_room import Line, Tick, Ticket
 from ..ports import EdgeSnapshot, Fences
+from . import waiting_room_sql
 from .rows import (
     BOOKING_COLUMN_COUNT,
     BOOKING_COLUMNS,
@@ -50,6 +52,7 @@ from .rows import (
     booking_from_row,
     event_from_row,
     rejected_booking,
+    waiting_room_text,
 )
 
 T = TypeVar("T")
@@ -133,6 +136,11 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE tombstones (id TEXT PRIMARY KEY, created_at REAL NOT NULL) WITHOUT ROWID;
     """,
+    # 5: the waiting room (API 1.2): an event's sale start and room settings, its line and tickets.
+    """
+    ALTER TABLE events ADD COLUMN sale_starts_at REAL;
+    ALTER TABLE events ADD COLUMN waiting_room TEXT;
+    """ + waiting_room_sql.TABLES,
 ]
 
 # The seat map documents of `seat_map_json`, built by SQLite: one row, one string, no per-seat Python
@@ -397,14 +405,16 @@ class SqliteStore:
             seq = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
             db.execute(
                 "INSERT INTO events (id, seq, name, venue, starts_at, sections, capacity, max_per_user, "
-                "hold_seconds, available, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "hold_seconds, available, created_at, sale_starts_at, waiting_room) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (event.id, seq, event.name, event.venue, event.starts_at, sections, event.capacity,
-                 event.max_per_user, event.hold_seconds, event.capacity, event.created_at),
+                 event.max_per_user, event.hold_seconds, event.capacity, event.created_at, event.sale_starts_at,
+                 waiting_room_text(event)),
             )
             db.executemany(
                 "INSERT INTO seats (event_id, position, id, section, row, number) VALUES (?,?,?,?,?,?)",
                 ((event.id, r.position, r.id, r.section, r.row, r.number) for r in rules.seat_map(event)),
             )
+            waiting_room_sql.insert_line(db, waiting_room_sql.SQLITE, event)
 
         await self._write(tx)
         return event.with_counts(Counts(event.capacity, 0, 0))
@@ -767,6 +777,23 @@ class SqliteStore:
             return snap
 
         return await self._write(read)  # the writer's transaction gives one consistent view
+
+    # ------------------------------------------------------------------ the waiting room
+    async def queue_join(self, event_id: str, joins: Sequence[tuple[str, str, str]],
+                         now: float) -> tuple[list[tuple[Ticket, bool]], Line] | None:
+        return await self._write(lambda db: waiting_room_sql.join(db, waiting_room_sql.SQLITE, event_id, joins, now))
+
+    async def queue_tick(self, event_id: str, now: float) -> Tick | None:
+        return await self._write(lambda db: waiting_room_sql.tick(db, waiting_room_sql.SQLITE, event_id, now))
+
+    async def queue_ticket(self, ticket_id: str) -> tuple[Ticket, Line] | None:
+        return await self._read(lambda db: waiting_room_sql.read_ticket(db, waiting_room_sql.SQLITE, ticket_id))
+
+    async def queue_line(self, event_id: str) -> Line | None:
+        return await self._read(lambda db: waiting_room_sql.read_line(db, waiting_room_sql.SQLITE, event_id))
+
+    async def queue_admission_order(self, event_id: str) -> list[tuple[int, float]]:
+        return await self._read(lambda db: waiting_room_sql.admission_order(db, waiting_room_sql.SQLITE, event_id))
 
     async def seat_counts(self, event_id: str) -> Counts:
         """Counts recomputed from the seat rows (the invariant checks compare them with the event's)."""

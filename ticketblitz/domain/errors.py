@@ -107,6 +107,46 @@ class Unavailable(BookingError):
         self.retry_after = retry_after
 
 
+class QueueRequired(BookingError):
+    """A booking on a waiting-room event without a `Queue-Pass` (403)."""
+
+    code = "queue_required"
+    status = 403
+    title = "Queue pass required"
+
+
+class PassInvalid(BookingError):
+    """A `Queue-Pass` that is forged, expired, or for another user or event (403)."""
+
+    code = "pass_invalid"
+    status = 403
+    title = "Queue pass invalid"
+
+
+class NoWaitingRoom(BookingError):
+    code = "no_waiting_room"
+    status = 409
+    title = "No waiting room"
+
+
+class SaleNotStarted(BookingError):
+    code = "sale_not_started"
+    status = 409
+    title = "Sale not started"
+
+
+class ProofRequired(BookingError):
+    code = "proof_required"
+    status = 422
+    title = "Proof of work required"
+
+
+class ProofInvalid(BookingError):
+    code = "proof_invalid"
+    status = 422
+    title = "Proof of work invalid"
+
+
 REJECTION_ERRORS: dict[str, type[BookingError]] = {
     "sold_out": SoldOut,
     "seat_unavailable": SeatUnavailable,

@@ -7,6 +7,8 @@ import re
 import secrets
 from dataclasses import dataclass, field, replace
 
+from .waiting_room import WaitingRoom
+
 SEAT_ID_RE = re.compile(r"^([A-Za-z0-9]{1,16})-([1-9][0-9]{0,3})-([1-9][0-9]{0,3})$")
 
 
@@ -76,6 +78,8 @@ class Event:
     starts_at: str | None = None
     created_at: float = 0.0
     counts: Counts | None = None
+    sale_starts_at: float | None = None  # epoch seconds; bookings (or the line) open then
+    waiting_room: WaitingRoom | None = None
 
     @property
     def capacity(self) -> int:

@@ -11,6 +11,7 @@ from ..ports import Admission, Store
 from .flights import SingleFlight
 
 DEMO_EVENT_ID = "evt_demo"
+QUEUE_DEMO_EVENT_ID = "evt_queue_demo"  # the waiting-room demo event (serve --demo, seed)
 
 
 class EventCatalog:

@@ -32,6 +32,7 @@ from .keys import SecretIssuer
 from .seatmaps import SeatMap, SeatMaps
 from .sweeper import HoldSweeper
 from .waiters import Waiters
+from .waiting_room import WaitingRoomService
 
 SEAT_MAP_FORMS = ("api", "compat")
 
@@ -71,6 +72,8 @@ class BookingService:
                                     self.telemetry, clock, requeue_after=requeue_after)
         self.decider = Decider(settings, store, queue, locks, admission, self.followups, self.waiters,
                                self.seat_maps, self.telemetry, clock, self.booking_answers)
+        self.waiting_room = WaitingRoomService(settings, store, self.catalog, self.secrets, self.waiters,
+                                               self.telemetry, clock)
         self.sweeper = HoldSweeper(settings, store, self.followups, self.seat_maps, self.telemetry, clock,
                                    self.booking_answers)
         self.telemetry.gauges.update({
@@ -118,6 +121,7 @@ class BookingService:
             await nursery.start(self.decider.run)
             await nursery.start(self.sweeper.run)
             await nursery.start(self.followups.run)
+            await nursery.start(self.waiting_room.run)
             await nursery.start(self.telemetry.run)
             task_status.started()
 
@@ -135,6 +139,7 @@ class BookingService:
         created = await self.store.create_event(event)
         self.seat_maps.changed(created.id)  # (a read of the id before it existed may be kept)
         self.catalog.remember(created)
+        self.waiting_room.track(created)
         await self.admission.add_event(created.id, created.capacity, created.max_per_user)
         self.telemetry.publish("event", event_id=created.id, name=created.name, capacity=created.capacity)
         return created

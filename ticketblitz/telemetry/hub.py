@@ -136,6 +136,8 @@ class Telemetry:
         self.locks: Counter[str] = Counter()  # lock events by action
         self.store: Counter[tuple[str, str]] = Counter()  # writes by (action, op)
         self.holds_expired = 0
+        self.waiting_room: Counter[str] = Counter()  # waiting-room tickets: joined, admitted, expired, sold_out
+        self.queue_waiting = 0  # tickets waiting in every line this process ticks (the last tick's)
         self.frames_dropped = 0
         self.gauges: dict[str, Callable[[], float]] = {}
         self.queue_depth: Callable[[], int] = lambda: 0
@@ -248,6 +250,20 @@ class Telemetry:
             self._append("hold", action="expired", event_id=booking.event_id, seats=list(booking.seat_ids),
                          booking_id=booking.id)
 
+    def joined(self, event_id: str, count: int) -> None:
+        """Tickets created in a waiting room (the `waiting_room` frame of the admitter's tick shows them)."""
+        self.waiting_room["joined"] += count
+
+    def line(self, line: dict[str, Any], *, admits: int, joins: int, expired: int, sold_out: int) -> None:
+        """One admitter tick of a line that changed: its public numbers, and the sold-out broadcast."""
+        self.waiting_room["admitted"] += admits
+        self.waiting_room["expired"] += expired
+        self.waiting_room["sold_out"] += sold_out
+        if self.listening:
+            self._append("waiting_room", **line, admits=admits, joins=joins)
+            if sold_out:
+                self._append("waiting_room", action="sold_out", event_id=line["event_id"], count=sold_out)
+
     @contextmanager
     def subscribe(self, event_filter: str | None = None) -> Iterator[Subscriber]:
         sub = Subscriber(event_filter, self.subscriber_buffer)
@@ -357,7 +373,8 @@ class Telemetry:
                 "admissions": dict(sorted(self.admissions.items())),
                 "queue": dict(sorted(self.queue.items())),
                 "locks": dict(sorted(self.locks.items())),
-                "store": dict(sorted(store.items()))}
+                "store": dict(sorted(store.items())),
+                "waiting_room": dict(sorted(self.waiting_room.items()))}
 
     def _stats_frame(self, window: float) -> Frame:
         """This process's own stats over the window just closed."""
@@ -382,6 +399,9 @@ class Telemetry:
             "store_per_s": {"commit": store_per_s.get("commit", 0.0), "conflict": store_per_s.get("conflict", 0.0)},
             "queue_lag": self.queue_depth(),
             "latency_ms": {"p50": percentile(latencies, 0.50), "p99": percentile(latencies, 0.99)},
+            "joins_per_s": rates(totals["waiting_room"], before.get("waiting_room", {}), window).get("joined", 0.0),
+            "admits_per_s": rates(totals["waiting_room"], before.get("waiting_room", {}), window).get("admitted", 0.0),
+            "queue_waiting": self.queue_waiting,
             "holds_expired": self.holds_expired,
             "holds_expired_per_s": round((self.holds_expired - self._window_holds) / window, 1),
             "frames_dropped": self.frames_dropped,

@@ -58,6 +58,11 @@ class Metrics:
         self.holds_expired = Counter("ticketblitz_holds_expired", "Holds that lapsed.", registry=reg)
         self.frames_dropped = Counter("ticketblitz_ws_frames_dropped",
                                       "Telemetry frames not delivered (per-tick cap, slow subscribers).", registry=reg)
+        self.queue_joins = Counter("ticketblitz_queue_joins", "Waiting-room tickets created.", registry=reg)
+        self.queue_admits = Counter("ticketblitz_queue_admits", "Waiting-room passes issued.", registry=reg)
+        # the same line seen by every process: the highest, not the sum
+        self.queue_waiting = Gauge("ticketblitz_queue_waiting", "Waiting-room tickets still waiting, all events.",
+                                   registry=reg, multiprocess_mode="max")
         self.gauges = {name: Gauge(f"ticketblitz_{name}", help_, registry=reg, multiprocess_mode="livesum")
                        for name, help_ in GAUGES.items()}
         self._synced: dict[str, dict[Any, int]] = {}
@@ -79,8 +84,11 @@ class Metrics:
         self._sync("queue", self.queue_messages, hub.queue, lambda k: (k,))
         self._sync("locks", self.lock_events, hub.locks, lambda k: (k,))
         self._sync("store", self.store_writes, hub.store, lambda k: k)
+        self.queue_waiting.set(hub.queue_waiting)
         for name, metric, value in (("holds", self.holds_expired, hub.holds_expired),
-                                    ("dropped", self.frames_dropped, hub.frames_dropped)):
+                                    ("dropped", self.frames_dropped, hub.frames_dropped),
+                                    ("joins", self.queue_joins, hub.waiting_room["joined"]),
+                                    ("admits", self.queue_admits, hub.waiting_room["admitted"])):
             synced = self._synced.setdefault(name, {})
             delta = value - synced.get(None, 0)
             if delta:

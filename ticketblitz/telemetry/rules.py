@@ -70,7 +70,7 @@ def rates(now: Mapping[str, int], before: Mapping[str, int], window: float) -> d
 
 _SUMMED_MAPS = ("requests_per_s", "decisions_per_s", "admissions_per_s", "queue_per_s", "locks_per_s", "store_per_s")
 _SUMMED_NUMBERS = ("locks_contended_per_s", "queue_lag", "holds_expired", "holds_expired_per_s", "frames_dropped",
-                   "subscribers")
+                   "subscribers", "joins_per_s", "admits_per_s")
 
 
 def _add(into: dict[str, Any], other: Mapping[str, Any]) -> None:
@@ -110,4 +110,6 @@ def sum_stats(frames: list[Frame]) -> Frame:
         for family, counts in f.get("totals", {}).items():
             _add(totals.setdefault(family, {}), counts)
     out["totals"] = {family: dict(sorted(counts.items())) for family, counts in totals.items()}
+    # every process ticks the same lines: the line's length is the largest report, not their sum
+    out["queue_waiting"] = max((f.get("queue_waiting", 0) or 0 for f in frames), default=0)
     return out

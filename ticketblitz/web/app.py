@@ -41,6 +41,7 @@ from ..representation import (
 from ..schemas import (
     BookingIn,
     BookingOut,
+    ChallengeOut,
     CompatBookedOut,
     CompatBookingIn,
     CompatEventQuery,
@@ -54,13 +55,17 @@ from ..schemas import (
     FlashSaleOut,
     FlashSaleStateOut,
     IdempotencyHeaders,
+    JoinIn,
+    LineOut,
     NewBookingOut,
+    NewTicketOut,
     ReadyOut,
     ReadyProblem,
     SeatMapHeaders,
     SeatMapOut,
     SeatMapQuery,
     StatusOut,
+    TicketOut,
     WaitQuery,
     parse_body,
     parse_wait,
@@ -327,6 +332,49 @@ def create_app(service: BookingService) -> QuartTrio:
     async def cancel_booking(booking_id: str) -> Response:
         """Release a held booking: its seats become `available`."""
         return json_response(booking_json(await service.cancel(booking_id, credential())))
+
+    # ------------------------------------------------------------------ the waiting room (API 1.2)
+    async def queue_response(route: Any, *path_args: str, json_body: bool = False) -> Response:
+        call = intake.Call({k.lower(): v for k, v in request.headers.items()},
+                           await raw_body() if json_body else b"", request.query_string.decode("latin-1"))
+        result = await intake.answer(route, service, call, *path_args, json_body=json_body)
+        return json_response(result.body, result.status, result.headers, result.content_type)
+
+    @app.post("/api/events/<event_id>/queue")
+    @tag(["waiting room"])
+    @document_request(JoinIn)
+    @document_response(NewTicketOut, 201)
+    @document_response(NewTicketOut, 200)
+    @problems(400, 404, 409, 413, 415, 422, 429, 503)
+    async def join_queue(event_id: str) -> Response:
+        """Take a place in the event's waiting room (`200` with the same ticket for a user who has one)."""
+        return await queue_response(intake.join_queue, event_id, json_body=True)
+
+    @app.get("/api/events/<event_id>/queue")
+    @tag(["waiting room"])
+    @document_response(LineOut)
+    @problems(404, 409, 503)
+    async def get_line(event_id: str) -> Response:
+        """The event's line in public numbers (and the lottery's seed once drawn)."""
+        return await queue_response(intake.queue_line, event_id)
+
+    @app.get("/api/events/<event_id>/queue/challenge")
+    @tag(["waiting room"])
+    @document_response(ChallengeOut)
+    @problems(404, 409, 503)
+    async def get_challenge(event_id: str) -> Response:
+        """A proof-of-work challenge for joining (when the event's `challenge_bits` > 0)."""
+        return await queue_response(intake.queue_challenge, event_id)
+
+    @app.get("/api/queue/<ticket_id>")
+    @tag(["waiting room"])
+    @security_scheme(BOOKING_OWNER)
+    @document_querystring(WaitQuery)
+    @document_response(TicketOut)
+    @problems(401, 404, 422, 429, 503)
+    async def get_ticket(ticket_id: str) -> Response:
+        """A ticket (with its pass once admitted); `?wait=N` long-polls until its status or position changes."""
+        return await queue_response(intake.queue_ticket, ticket_id)
 
     # ------------------------------------------------------------------ the original's routes
     @tag(["original"])

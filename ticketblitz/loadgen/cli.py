@@ -376,6 +376,13 @@ def sale_rows(report: SaleReport) -> list[tuple[str, str]]:
                               f"arrival; seen p50 {a['seen_after_issue_ms']['p50']} ms / p99 "
                               f"{a['seen_after_issue_ms']['p99']} ms after issue"),
             ("sold_out tickets", f"{a['sold_out_tickets']:,}"),
+        ]
+        if a.get("passes_beyond_seats") or a["admitted_refused_first"]:
+            rows.append(("WARNING", f"{a.get('passes_beyond_seats')} passes beyond seats + lapsed holds; admitted "
+                                    f"fans refused at their first booking: {_codes(a['admitted_refused_first'])}, "
+                                    f"in the end (after retrying while the pass was valid): "
+                                    f"{_codes(a['admitted_refused'])}"))
+        rows += [
             ("order check", ("OK: " if o["ok"] else "FAILED: ") + o["detail"]
              + (f"; passes issued out of position order: {o['issue_inversions']} pairs" if o["checked"] else "")
              if o["checked"] else "not checked: " + o["detail"]),

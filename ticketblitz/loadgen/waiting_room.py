@@ -68,6 +68,8 @@ ATTEMPTS = 5  # per request, on socket errors, 429 and 503
 RETRY_PAUSE = 0.5
 FINAL = frozenset({"admitted", "sold_out", "expired"})
 MODES = ("fifo", "lottery")
+BOOK_RETRY = 1.0  # seconds (jittered) between two booking attempts of an admitted fan told sold_out
+LAPSE_SLACK = 3.0  # seconds after an abandoned hold's expires_at for the sweeper to have expired it
 
 
 # ====================================================================== settings
@@ -186,6 +188,10 @@ class Fan:
     booking_id: str | None = None
     booking_secret: str | None = None
     booking_status: str | None = None
+    hold_expires_wall: float | None = None  # the held booking's expires_at
+    pass_expires_wall: float | None = None
+    booking_attempts: int = 0
+    first_refusal: str | None = None  # the problem code of an admitted fan's first refused booking
     offered: bool = False  # its booking was held at some point (it got a seat)
     confirmed: bool = False
     abandoned: bool = False
@@ -345,11 +351,13 @@ class Sale:
 
     async def call(self, fan: Fan, raw: bytes, what: str, wait: float = 0.0) -> Answer | None:
         """One request with retries on socket errors, timeouts, 429 and 503; None when they ran out.
-        The fan's arrival is set by its first send."""
+        The fan's arrival is set by its first send. Every request but a join (and its challenge) is
+        urgent: it is a fan already in line."""
         sent: list[float] = []
+        urgent = what not in ("join", "challenge")
         for _ in range(ATTEMPTS):
             try:
-                answer = await self.pool.request(raw, wait + REQUEST_SLACK, sent)
+                answer = await self.pool.request(raw, wait + REQUEST_SLACK, sent, urgent)
             except trio.TooSlowError:
                 self.errors[f"{what}_timeout"] += 1
             except (OSError, trio.BrokenResourceError, ProtocolError) as exc:
@@ -432,6 +440,7 @@ class Sale:
         if ticket.get("pass"):
             fan.pass_ = ticket["pass"]
             expires = wall_of(ticket.get("pass_expires_at"))
+            fan.pass_expires_wall = expires
             if expires is not None and fan.pass_issued_wall is None:
                 fan.pass_issued_wall = expires - self.pass_seconds
         if fan.status in FINAL and fan.final_at is None:
@@ -483,22 +492,38 @@ class Sale:
                 return
             self.see_ticket(fan, ticket, answer.answered_at)
 
+    def may_retry(self, fan: Fan) -> bool:
+        """An admitted fan told sold_out / seat_unavailable tries again while its pass is valid and the
+        line is not sold out (a seat may come back: a hold lapses or is cancelled)."""
+        return (fan.pass_expires_wall is not None and time.time() + BOOK_RETRY < fan.pass_expires_wall
+                and not self.line.sold_out and fan.booking_code in ("sold_out", "seat_unavailable"))
+
     async def book(self, fan: Fan) -> None:
-        headers = {"Idempotency-Key": f"wr-{fan.user_id}"}
-        if fan.pass_ is not None:
-            headers["Queue-Pass"] = fan.pass_
-        raw = request_bytes("POST", f"/api/events/{self.event_id}/bookings", self.port,
-                            {"user_id": fan.user_id, "quantity": 1}, headers=headers)
-        answer = await self.call(fan, raw, "book")
-        if answer is None:
-            fan.error = "book: no answer"
-            return
-        status, booking = answer.response.status, parse_json(answer.response.body)
-        fan.booking_status_code, fan.booking_seconds = status, answer.seconds
-        self.tally.booked += 1
-        if status not in (200, 202) or not isinstance(booking, dict) or "id" not in booking:
+        while True:
+            headers = {"Idempotency-Key": f"wr-{fan.user_id}-{fan.booking_attempts}"}
+            if fan.pass_ is not None:
+                headers["Queue-Pass"] = fan.pass_
+            raw = request_bytes("POST", f"/api/events/{self.event_id}/bookings", self.port,
+                                {"user_id": fan.user_id, "quantity": 1}, headers=headers)
+            fan.booking_attempts += 1
+            answer = await self.call(fan, raw, "book")
+            if answer is None:
+                fan.error = "book: no answer"
+                return
+            status, booking = answer.response.status, parse_json(answer.response.body)
+            if fan.booking_attempts == 1:
+                fan.booking_status_code, fan.booking_seconds = status, answer.seconds
+                self.tally.booked += 1
+            if status in (200, 202) and isinstance(booking, dict) and "id" in booking:
+                fan.booking_status_code, fan.booking_code = status, None
+                break
+            fan.booking_status_code = status
             fan.booking_code = booking.get("code", "?") if isinstance(booking, dict) else "?"
-            return
+            if fan.first_refusal is None:
+                fan.first_refusal = fan.booking_code
+            if fan.pass_ is None or not self.may_retry(fan):
+                return
+            await trio.sleep(BOOK_RETRY * (0.5 + self.rng.random()))
         fan.booking_id, fan.booking_secret = booking["id"], booking.get("secret")
         fan.booking_status = booking.get("status")
         while fan.booking_status == "pending":
@@ -510,6 +535,7 @@ class Sale:
                 fan.error = f"decision poll answered {answer.response.status if answer else 'nothing'}"
                 return
             fan.booking_status = decided.get("status")
+            fan.hold_expires_wall = wall_of(decided.get("expires_at"))
         if fan.booking_status != "held":
             return
         fan.offered = True
@@ -668,6 +694,12 @@ def summarize(sale_kind: str, fans: list[Fan], t0: float, pass_seconds: float,
     first_admit = min(seen, default=None)
     out["admission"] = {
         "passes_issued": len(admitted),
+        # admitted fans whose booking with their pass was refused (4xx): at first, and in the end (a refused
+        # fan tries again while its pass is valid)
+        "admitted_refused_first": dict(Counter(f.first_refusal for f in admitted if f.first_refusal).most_common()),
+        "admitted_refused": dict(Counter(f.booking_code or str(f.booking_status_code) for f in admitted
+                                         if f.booking_status_code >= 400).most_common()),
+        "booking_attempts": sum(f.booking_attempts for f in admitted),
         "sold_out_tickets": finals.get("sold_out", 0),
         "first_admission_s": round(first_admit - first, 3) if first_admit is not None else None,
         "seen_after_issue_ms": _ms([max(0.0, x) for x in lags]),
@@ -760,6 +792,12 @@ async def run_sale(options: SaleOptions, tally: SaleTally | None = None,
                 fans.start_soon(sale.run_fan, fan)
         nursery.cancel_scope.cancel()
     sale.line.wake_all()
+    lapsing = [f.hold_expires_wall for f in sale.fans if f.abandoned and f.hold_expires_wall is not None]
+    if lapsing:  # let the abandoned holds lapse first, so that the state read back is a settled one
+        tally.phase = "lapsing"
+        wait = min(max(lapsing) - time.time() + LAPSE_SLACK, options.hold_seconds + LAPSE_SLACK)
+        note(f"waiting {max(0.0, wait):.1f} s for {len(lapsing)} abandoned holds to lapse ...")
+        await trio.sleep(max(0.0, wait))
     tally.phase = "verifying"
     note("every fan is done; reading the event back ...")
     verify_conn = KeepAliveConnection(port)
@@ -776,8 +814,11 @@ async def run_sale(options: SaleOptions, tally: SaleTally | None = None,
     verification = verify(final_event, seats, bookings, undecided, options.seats, booking_summary(sale.fans))
     parts = summarize(kind, sale.fans, sale.t0, sale.pass_seconds, sale.line.history, sale.wall_minus_trio)
     if parts["admission"] is not None:
-        parts["admission"]["server_line"] = line
-        parts["admission"]["lapsed_holds"] = sum(1 for b in bookings.values() if b.get("status") == "expired")
+        admission = parts["admission"]
+        admission["server_line"] = line
+        admission["lapsed_holds"] = sum(1 for b in bookings.values() if b.get("status") == "expired")
+        # passes beyond what the seats allow: seats + lapsed holds (each lapse admits one more)
+        admission["passes_beyond_seats"] = admission["passes_issued"] - options.seats - admission["lapsed_holds"]
     tally.phase = "done"
     return SaleReport(
         kind=kind, url=options.url, event_id=sale.event_id, fans=options.fans, seats=options.seats,

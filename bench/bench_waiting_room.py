@@ -55,6 +55,7 @@ from ticketblitz.loadgen.waiting_room import (
 )
 
 EXIT_WATCHDOG = 3
+DIRECT_HOLD_SECONDS = 600
 
 
 def parser() -> argparse.ArgumentParser:
@@ -99,10 +100,12 @@ def watchdog(server: Server, seconds: float) -> threading.Timer:
 def sale(server: Server, args: argparse.Namespace, waiting_room: bool) -> tuple[SaleReport, list[dict[str, Any]]]:
     settings = WaitingRoomSettings(args.mode, args.admit_per_second, args.pass_seconds, args.challenge_bits) \
         if waiting_room else None
+    # without a waiting room nobody is admitted after a lapse, so nobody abandons there, and holds are long:
+    # a hold of a few seconds may lapse before a fan in a 50,000-fan stampede even sees it
     options = SaleOptions(url=server.url, admin_token=server.token, fans=args.fans, seats=args.seats,
                           settings=settings, connections=args.connections, arrival_seconds=args.arrival_seconds,
-                          deadline_seconds=args.sale_deadline, abandon=args.abandon, hold_seconds=args.hold_seconds,
-                          log=log)
+                          deadline_seconds=args.sale_deadline, abandon=args.abandon if waiting_room else 0.0,
+                          hold_seconds=args.hold_seconds if waiting_room else DIRECT_HOLD_SECONDS, log=log)
     before = server.cpu()
     report = trio.run(run_sale, options)
     judge_sale(report)

@@ -59,6 +59,7 @@ from .verify import Check, Verification, verify
 
 MAX_QUEUE_FANS = 100_000  # fans share pooled connections: bounded by memory and time, not descriptors
 MAX_CONNECTIONS = 5_000
+POLL_CONCURRENCY = 200  # booking long polls at once (the flash sale's pollers: cli.POLL_CONCURRENCY)
 LONG_WAIT = 10  # ?wait= of a fan near the head of the line (and of a booking's decision)
 WATCH_EVERY = 0.05  # seconds between two reads of the public line
 CUT_GRACE = 0.5  # seconds a long poll may stay open after the line passed its fan
@@ -191,6 +192,9 @@ class Fan:
     hold_expires_wall: float | None = None  # the held booking's expires_at
     pass_expires_wall: float | None = None
     booking_attempts: int = 0
+    booked_at: float | None = None  # trio clock: the 202 came
+    decided_at: float | None = None  # trio clock: the fan saw its booking leave pending
+    decision_polls: int = 0
     first_refusal: str | None = None  # the problem code of an admitted fan's first refused booking
     offered: bool = False  # its booking was held at some point (it got a seat)
     confirmed: bool = False
@@ -340,6 +344,10 @@ class Sale:
         self.long_polls = trio.CapacityLimiter(max(1, options.connections // 2))
         self.tally = tally
         self.errors: Counter[str] = Counter()  # socket errors, timeouts, retried 429/503
+        self.samples: dict[str, str] = {}  # the first body of each retried answer kind
+        # booking decisions are long polls that Quart answers (the door relays them): at most as many at
+        # once as the flash sale's pollers (POLL_CONCURRENCY), the rest of the pool serves the line
+        self.decision_polls = trio.CapacityLimiter(POLL_CONCURRENCY)
         self.rng = random.Random(options.seed + 1)
         self.fans = [Fan(i, f"fan-{i}", o) for i, o in
                      enumerate(arrival_offsets(options.fans, options.arrival_seconds, options.seed))]
@@ -365,7 +373,9 @@ class Sale:
             else:
                 if answer.response.status not in (429, 503):
                     return answer
-                self.errors[f"{what}_{answer.response.status}"] += 1
+                key = f"{what}_{answer.response.status}"
+                self.errors[key] += 1
+                self.samples.setdefault(key, answer.response.body[:300].decode("utf-8", "replace"))
             finally:
                 if sent and fan.arrival is None and fan.index >= 0:
                     fan.arrival = sent[0]
@@ -516,6 +526,7 @@ class Sale:
                 self.tally.booked += 1
             if status in (200, 202) and isinstance(booking, dict) and "id" in booking:
                 fan.booking_status_code, fan.booking_code = status, None
+                fan.booked_at = answer.answered_at
                 break
             fan.booking_status_code = status
             fan.booking_code = booking.get("code", "?") if isinstance(booking, dict) else "?"
@@ -529,12 +540,16 @@ class Sale:
         while fan.booking_status == "pending":
             poll = request_bytes("GET", f"/api/bookings/{fan.booking_id}?wait={LONG_WAIT}", self.port,
                                  token=fan.booking_secret)
-            answer = await self.call(fan, poll, "decision", LONG_WAIT)
+            async with self.decision_polls:
+                answer = await self.call(fan, poll, "decision", LONG_WAIT)
+            fan.decision_polls += 1
             decided = parse_json(answer.response.body) if answer is not None else None
             if answer is None or answer.response.status != 200 or not isinstance(decided, dict):
                 fan.error = f"decision poll answered {answer.response.status if answer else 'nothing'}"
                 return
             fan.booking_status = decided.get("status")
+            if fan.booking_status != "pending":
+                fan.decided_at = answer.answered_at
             fan.hold_expires_wall = wall_of(decided.get("expires_at"))
         if fan.booking_status != "held":
             return
@@ -647,6 +662,10 @@ def summarize(sale_kind: str, fans: list[Fan], t0: float, pass_seconds: float,
         "by_code": dict(sorted(Counter(str(f.booking_status_code) for f in booked).items())),
         "problem_codes": dict(Counter(f.booking_code for f in booked if f.booking_code).most_common()),
         "answer_ms": _ms([f.booking_seconds for f in booked if f.booking_seconds is not None]),
+        # from the 202 to the fan seeing the decision (its long polls of GET /api/bookings/{id}?wait=N)
+        "decision_seen_ms": _ms([f.decided_at - f.booked_at for f in fans
+                                 if f.decided_at is not None and f.booked_at is not None]),
+        "decision_polls": sum(f.decision_polls for f in fans),
         "held": sum(f.offered for f in fans),
         "confirmed": sum(f.confirmed for f in fans),
         "abandoned": sum(f.abandoned for f in fans),
@@ -829,6 +848,7 @@ async def run_sale(options: SaleOptions, tally: SaleTally | None = None,
         oversold=verification.oversold, verification=verification, probes=probes,
         requests={"total": sale.pool.requests, "connections_made": sale.pool.opened,
                   "connections_discarded": sale.pool.discarded, "retried": dict(sale.errors.most_common()),
+                  "retried_answers": sale.samples,
                   "long_polls_cut": sale.line.cut, "line_reads": sale.line.reads,
                   "line_errors": dict(sale.line.errors)},
         fan_errors=dict(Counter(f.error.split(":")[0] if ":" in f.error else f.error

@@ -261,3 +261,19 @@ async def test_a_waiting_room_sale_against_a_stand_in(bits: int, abandon: float)
     assert report.fairness["overtakes"] == 0 if abandon == 0 else report.fairness["overtakes"] >= 0
     if bits:
         assert report.joins is not None and report.joins["pow_tries"] >= 600
+
+
+@pytest.mark.parametrize(("head", "keep_alive"), [
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", True),
+    (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n", False),
+    (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n", False),
+])
+def test_the_response_parser_keeps_alive_what_may_be(head: bytes, keep_alive: bool) -> None:
+    """A pooled connection is reused only when the answer allows it (httptools forgets once fed)."""
+    from ticketblitz.loadgen.client import ResponseParser
+
+    parser = ResponseParser()
+    parser.feed(head + b"{}")
+    assert parser.complete
+    response = parser.response()
+    assert (response.status, response.body, response.keep_alive) == (200, b"{}", keep_alive)

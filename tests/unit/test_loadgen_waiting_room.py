@@ -181,7 +181,7 @@ def test_summarize_waiting_room_fields() -> None:
     fans = [_fan(0, 0.0, 1, "admitted", True), _fan(1, 0.1, 2, "admitted", True),
             _fan(2, 0.2, 3, "sold_out", False), _fan(3, 0.3, 4, "sold_out", False)]
     parts = summarize("waiting-room", fans, t0=0.0, pass_seconds=30, line_history=[
-        (0.5, 4, 2, 2, 0, 0, 2, False), (1.2, 4, 0, 2, 0, 0, 2, True)])
+        (0.5, 4, 2, 2, 0, 0, 2, False), (1.2, 4, 0, 2, 0, 0, 2, True), (1.3, 4, 0, 2, 0, 0, 2, True)])
     assert parts["joins"]["answered"] == 4 and parts["joins"]["by_code"] == {"201": 4}
     assert parts["joins"]["answer_ms"]["p50"] == 20.0 and parts["joins"]["answer_ms"]["p99"] == 40.0
     tickets = parts["tickets"]
@@ -258,7 +258,8 @@ async def test_a_waiting_room_sale_against_a_stand_in(bits: int, abandon: float)
     assert report.admission["passes_issued"] == 50 + report.admission["lapsed_holds"]
     assert report.admission["sold_out_tickets"] == 600 - report.admission["passes_issued"]
     assert report.requests["connections_made"] - report.requests["connections_discarded"] <= 40
-    assert report.fairness["overtakes"] == 0 if abandon == 0 else report.fairness["overtakes"] >= 0
+    # joins in flight together may be recorded in either order, so arrival order is nearly, not exactly, the line's
+    assert report.fairness["fraction_of_mixed"] < 0.05
     if bits:
         assert report.joins is not None and report.joins["pow_tries"] >= 600
 

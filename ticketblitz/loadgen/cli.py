@@ -368,8 +368,8 @@ def sale_rows(report: SaleReport) -> list[tuple[str, str]]:
             rows.append(("proof of work", f"{j['pow_tries']:,} hashes, {j['pow_seconds']:.2f} s of this process"))
         rows += [
             ("final states", f"{_codes(t['final_states'])} of {t['tickets']:,} tickets"),
-            ("all final", (f"{t['time_to_all_final_s']} s after the first arrival (as the fans saw it; the line "
-                           f"showed 0 waiting at {t['line_empty_s']} s)") if t["all_final"]
+            ("all final", (f"{t['time_to_all_final_s']} s after the first arrival (as the fans saw it; the public line "
+                           f"read sold out at {t['line_empty_s']} s)") if t["all_final"]
              else "NOT every ticket reached a final state"),
             ("passes issued", f"{a['passes_issued']:,} (seats {report.seats:,}, lapsed holds "
                               f"{a.get('lapsed_holds', 0):,}); first {a['first_admission_s']} s after the first "

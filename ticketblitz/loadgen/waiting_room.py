@@ -12,7 +12,8 @@ order):
 2. `POST /api/events/{id}/queue` -> its ticket (and the ticket's secret);
 3. waits for its turn: one watcher reads the public line (`GET /api/events/{id}/queue`) every
    `WATCH_EVERY` s for all fans. A fan near the head of the line (position <= admitted_through +
-   `near_window`) long-polls its ticket (`GET /api/queue/{ticket}?wait=N`, Bearer secret); a fan whose
+   `near_window`) long-polls its ticket (`GET /api/queue/{ticket}?wait=N`, Bearer secret; N = its eta,
+   1..LONG_WAIT s, at most half the pool at once); a fan whose
    turn the line says has come (position <= admitted_through, or the line sold out) reads it with
    `?wait=0` (a long poll that arrives after the change would wait for a *further* change, so the
    watcher also cuts a long poll still open `CUT_GRACE` s after the line passed its fan); any other fan
@@ -177,6 +178,7 @@ class Fan:
     ticket_id: str | None = None
     secret: str | None = None
     position: int | None = None
+    eta: float | None = None  # the ticket's last eta_seconds
     status: str | None = None  # the ticket's last seen status
     final_at: float | None = None  # trio clock when a final status was first seen
     admitted_at: float | None = None
@@ -445,6 +447,8 @@ class Sale:
 
     def see_ticket(self, fan: Fan, ticket: dict[str, Any], at: float) -> None:
         fan.status = ticket.get("status")
+        eta = ticket.get("eta_seconds")
+        fan.eta = float(eta) if isinstance(eta, (int, float)) else None
         if ticket.get("position") is not None:
             fan.position = int(ticket["position"])
         if ticket.get("pass"):
@@ -471,7 +475,9 @@ class Sale:
             elif self.line.near(fan):
                 try:
                     self.long_polls.acquire_on_behalf_of_nowait(fan.index)
-                    wait = LONG_WAIT
+                    # as long as the ticket's own eta (a lower bound) says, at least 1 s: a long poll that
+                    # arrives just after the admission waits for the next change, so a short one near the front
+                    wait = max(1, min(LONG_WAIT, math.floor(fan.eta))) if fan.eta is not None else 1
                 except trio.WouldBlock:  # enough fans hold long polls: sleep until the line reaches this one
                     await self.line.sleep(fan, 0.5 + self.rng.random(), until_due=True)
                     continue
@@ -692,11 +698,10 @@ def summarize(sale_kind: str, fans: list[Fan], t0: float, pass_seconds: float,
     all_final = bool(ticketed) and all(f.final_at is not None for f in ticketed)
     first = min(arrived) if arrived else t0
     last_final = max((f.final_at for f in ticketed if f.final_at is not None), default=None)
-    server_empty = None
+    server_empty = None  # the watcher's first read of the line sold out (every waiting ticket told at once)
     for sample in line_history or []:
-        t, joined_n, waiting = sample[0], sample[1], sample[2]
-        if waiting == 0 and joined_n is not None and joined_n >= len(ticketed) and ticketed:
-            server_empty = round(t - (first - t0), 3)
+        if sample[7]:
+            server_empty = round(sample[0] - (first - t0), 3)
             break
     out["tickets"] = {
         "tickets": len(ticketed),

@@ -401,7 +401,10 @@ def sale_rows(report: SaleReport) -> list[tuple[str, str]]:
         ("oversold", f"{report.oversold} ({'verified' if report.verification.ok else 'VERIFICATION FAILED'})"),
         ("requests", f"{report.requests['total']:,} on {report.requests['connections_made']:,} connections; "
                      f"retried {_codes(report.requests['retried'])}; "
-                     f"long polls cut {report.requests['long_polls_cut']:,}"),
+                     f"long polls cut {report.requests['long_polls_cut']:,}"
+                     + (f"; {report.requests['line_reads']:,} reads of the public line, p50 "
+                        f"{report.requests['line_read_ms']['p50']} ms / p99 {report.requests['line_read_ms']['p99']} ms"
+                        if report.requests["line_reads"] else "")),
         ("driver", f"{report.driver_cpu_seconds:.1f} s CPU, {report.wall_seconds:.1f} s wall"),
     ]
     rows += [("FAILED", f"{c.name}: {c.detail}") for c in report.verification.checks if not c.ok]

@@ -243,6 +243,7 @@ class Line:
         self.open = False
         self.last: dict[str, Any] | None = None
         self.reads = 0
+        self.latencies: list[float] = []  # seconds per read of the public line
         self.errors: Counter[str] = Counter()
         # (t, joined, waiting, admitted, outstanding, expired, admitted_through, sold_out) per read
         self.history: list[tuple[Any, ...]] = []
@@ -511,7 +512,7 @@ class Sale:
     def may_retry(self, fan: Fan) -> bool:
         """An admitted fan told sold_out / seat_unavailable tries again while its pass is valid and the
         line is not sold out (a seat may come back: a hold lapses or is cancelled)."""
-        return (fan.pass_expires_wall is not None and time.time() + BOOK_RETRY < fan.pass_expires_wall
+        return (fan.pass_expires_wall is not None and time.time() + 2 * BOOK_RETRY < fan.pass_expires_wall
                 and not self.line.sold_out and fan.booking_code in ("sold_out", "seat_unavailable"))
 
     async def book(self, fan: Fan) -> None:
@@ -583,8 +584,10 @@ class Sale:
         try:
             while True:
                 try:
+                    started = trio.current_time()
                     with trio.fail_after(REQUEST_SLACK):
                         response = await conn.request(raw)
+                    self.line.latencies.append(trio.current_time() - started)
                     line = parse_json(response.body)
                     if response.status == 200 and isinstance(line, dict):
                         self.line.update(line, trio.current_time() - self.t0)
@@ -855,6 +858,7 @@ async def run_sale(options: SaleOptions, tally: SaleTally | None = None,
                   "connections_discarded": sale.pool.discarded, "retried": dict(sale.errors.most_common()),
                   "retried_answers": sale.samples,
                   "long_polls_cut": sale.line.cut, "line_reads": sale.line.reads,
+                  "line_read_ms": _ms(sale.line.latencies),
                   "line_errors": dict(sale.line.errors)},
         fan_errors=dict(Counter(f.error.split(":")[0] if ":" in f.error else f.error
                                 for f in sale.fans if f.error).most_common()),

@@ -365,7 +365,8 @@ def sale_rows(report: SaleReport) -> list[tuple[str, str]]:
                             f"{j['from_arrival_ms']['p99']} ms)"),
         ]
         if j["pow_tries"]:
-            rows.append(("proof of work", f"{j['pow_tries']:,} hashes, {j['pow_seconds']:.2f} s of this process"))
+            rows.append(("proof of work", f"{j['challenge_fetches']:,} challenges fetched, {j['pow_tries']:,} hashes, "
+                                          f"{j['pow_seconds']:.2f} s of this process's CPU"))
         rows += [
             ("final states", f"{_codes(t['final_states'])} of {t['tickets']:,} tickets"),
             ("all final", (f"{t['time_to_all_final_s']} s after the first arrival (as the fans saw it; the public line "

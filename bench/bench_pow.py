@@ -102,7 +102,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "What it means: at 16 bits an honest fan waits about the median above once; a farm of "
         f"{farm:,} needs about {next((r['farm_core_seconds'] for r in doc['results'] if r['bits'] == 16), '—')} "
         "core-seconds, i.e. it still gets in, but no longer for free: the cost grows linearly with the accounts, "
-        "and each +1 bit doubles it for everyone (including phones).",
+        "and each +1 bit doubles it for every fan, honest ones included (a slower device pays more).",
     ]
     return "\n".join(lines) + "\n"
 

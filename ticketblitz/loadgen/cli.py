@@ -360,7 +360,8 @@ def sale_rows(report: SaleReport) -> list[tuple[str, str]]:
         rows += [
             ("joins", f"{j['answered']:,} answered: {_codes(j['by_code'])}"
                       + (f"; problems {_codes(j['problem_codes'])}" if j["problem_codes"] else "")),
-            ("join answer", f"p50 {j['answer_ms']['p50']} ms, p99 {j['answer_ms']['p99']} ms, max "
+            ("join answer", f"{j['per_second']:,} joins/s; p50 {j['answer_ms']['p50']} ms, p99 "
+                            f"{j['answer_ms']['p99']} ms, max "
                             f"{j['answer_ms']['max']} ms (sent -> answered; from the scheduled arrival p99 "
                             f"{j['from_arrival_ms']['p99']} ms)"),
         ]

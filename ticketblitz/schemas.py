@@ -193,6 +193,10 @@ class IdempotencyHeaders(BaseModel):
         default=None, alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[\x20-\x7e]+$",
         description="1..128 printable ASCII characters; a repeat with the same body answers the same booking",
     )
+    queue_pass: str | None = Field(
+        default=None, alias="Queue-Pass",
+        description="on an event with a waiting room: the pass of the user's admitted ticket (403 without it)",
+    )
 
 
 # ---------------------------------------------------------------- response models (documentation)
@@ -262,11 +266,6 @@ class ChallengeOut(BaseModel):
     challenge: str
     bits: int
     expires_at: str
-
-
-class QueuePassHeaders(BaseModel):
-    queue_pass: str | None = Field(default=None, alias="Queue-Pass",
-                                   description="the pass of an admitted ticket: needed on an event with a waiting room")
 
 
 class EventsOut(BaseModel):

@@ -8,6 +8,7 @@ test advances it, and `tick` runs the admitter's step at once (the admitter task
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import httpx
@@ -334,7 +335,48 @@ async def test_a_sale_start_without_a_waiting_room_refuses_early_bookings(harnes
             "sale_starts_at": dt.datetime.fromtimestamp(harness.clock.now + 60, dt.UTC).isoformat()}
     event = (await harness.client.post("/api/events", json=body, headers=ADMIN)).json()
     r = await book(harness, event["id"], "fan", None)
-    assert r.status_code == 409 and r.json()["code"] == "sale_not_started"
+    assert r.status_code == 403 and r.json()["code"] == "sale_not_started"
     harness.clock.advance(61)
     r = await book(harness, event["id"], "fan", None)
     assert r.status_code == 202, r.text
+
+
+# ====================================================================== telemetry
+async def test_the_line_is_shown_live_and_counted_in_stats_and_metrics(harness: Harness) -> None:
+    from contract.test_telemetry import Reader
+    from prometheus_client.parser import text_string_to_metric_families
+    from trio_websocket import open_websocket_url
+
+    event = await room_event(harness, rate=100, seats=2, max_per_user=1)
+    eid = event["id"]
+    url = harness.url.replace("http://", "ws://") + f"/ws?event={eid}"
+    async with open_websocket_url(url) as ws, trio.open_nursery() as nursery:
+        snapshot = json.loads(await ws.get_message())
+        assert snapshot["type"] == "snapshot" and "waiting_rooms" in snapshot
+        reader = Reader(ws)
+        nursery.start_soon(reader.run)
+        fans = await joined_all(harness, eid, [f"fan-{n}" for n in range(5)])
+        harness.clock.advance(1.0)  # the admitter task admits two (two seats)
+        moved = await reader.until(lambda f: f["type"] == "waiting_room" and f.get("admitted_through") == 2)
+        frame = moved[0]
+        assert {"event_id", "mode", "open", "joined", "waiting", "admitted", "admitted_through", "outstanding",
+                "expired", "sold_out", "admits", "joins"} <= set(frame)
+        assert frame["joined"] == 5 and frame["waiting"] == 3 and frame["outstanding"] == 2
+        stats = await reader.until(lambda f: f["type"] == "stats" and f["totals"].get("waiting_room", {}).get(
+            "admitted") == 2)
+        assert {"joins_per_s", "admits_per_s", "queue_waiting"} <= set(stats[0])
+        assert stats[0]["totals"]["waiting_room"]["joined"] == 5
+        # both buy for good: the rest are told sold out at once, in one broadcast
+        for fan in fans[:2]:
+            r = await book(harness, eid, fan["user_id"], (await ticket(harness, fan))["pass"])
+            booking = await harness.settle(r.json()["id"])
+            assert (await harness.confirm(booking["id"])).status_code == 200
+        harness.clock.advance(0.5)
+        sold = await reader.until(lambda f: f["type"] == "waiting_room" and f.get("action") == "sold_out")
+        assert sold[0]["count"] == 3 and sold[0]["event_id"] == eid
+        nursery.cancel_scope.cancel()
+    text = (await harness.client.get("/metrics")).text
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+    assert samples["ticketblitz_queue_joins_total"] == 5
+    assert samples["ticketblitz_queue_admits_total"] == 2
+    assert "ticketblitz_queue_waiting" in samples

@@ -211,10 +211,12 @@ def tick(db: Any, d: Dialect, event_id: str, now: float) -> Tick | None:
     expired = db.execute(d.q("UPDATE queue_tickets SET status = 'expired' WHERE event_id = ? AND status = 'admitted' "
                              "AND pass_expires_at <= ?"), (event_id, now)).rowcount or 0
     available, held = db.execute(d.q("SELECT available, held FROM events WHERE id = ?"), (event_id,)).fetchone()
+    # A pass is outstanding until a booking made with it was decided: while that booking is pending its
+    # seats still count as available, so the pass must still count too (else one seat admits two fans).
     outstanding = db.execute(d.q(
         "SELECT count(*) FROM queue_tickets t WHERE t.event_id = ? AND t.status = 'admitted' AND NOT EXISTS ("
         "SELECT 1 FROM bookings b WHERE b.event_id = t.event_id AND b.user_id = t.user_id "
-        "AND b.created_at >= t.admitted_at)"), (event_id,)).fetchone()[0]
+        "AND b.created_at >= t.admitted_at AND b.status <> 'pending')"), (event_id,)).fetchone()[0]
     credit = refill(line, now)
     admitted = 0
     sold = 0

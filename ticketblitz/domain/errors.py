@@ -130,8 +130,11 @@ class NoWaitingRoom(BookingError):
 
 
 class SaleNotStarted(BookingError):
+    """A booking request before the event's `sale_starts_at` (403: not allowed yet; the queued compat
+    path refuses nothing with 409)."""
+
     code = "sale_not_started"
-    status = 409
+    status = 403
     title = "Sale not started"
 
 

@@ -296,7 +296,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @document_headers(IdempotencyHeaders)
     @document_response(NewBookingOut, 202)
     @document_response(NewBookingOut, 200)
-    @problems(400, 404, 409, 413, 415, 422, 429, 503)
+    @problems(400, 403, 404, 409, 413, 415, 422, 429, 503)
     async def create_booking(event_id: str) -> Response:
         """Ask for seats: `202` pending (durably queued), `200` on an Idempotency-Key repeat, `409` when
         the edge already knows the answer."""
@@ -382,7 +382,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @document_headers(IdempotencyHeaders)
     @document_response(CompatQueuedOut, 202)
     @document_response(CompatQueuedOut, 200)
-    @problems(400, 404, 413, 415, 422, 429, 503)
+    @problems(400, 403, 404, 413, 415, 422, 429, 503)
     async def book_async() -> Response:
         """The original's queued path: every valid request is queued (`202`); the booking's final status
         is the outcome."""
@@ -396,7 +396,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @document_request(CompatBookingIn)
     @document_headers(IdempotencyHeaders)
     @document_response(CompatBookedOut)
-    @problems(400, 404, 409, 413, 415, 422, 429, 503)
+    @problems(400, 403, 404, 409, 413, 415, 422, 429, 503)
     async def book_secure() -> Response:
         """The original's locked path: seat lock, then store write; `429` while another request holds the lock."""
         return await intake_response(intake.book_secure)
@@ -406,7 +406,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @document_request(CompatBookingIn)
     @document_headers(IdempotencyHeaders)
     @document_response(CompatBookedOut)
-    @problems(400, 404, 409, 413, 415, 422, 429, 503)
+    @problems(400, 403, 404, 409, 413, 415, 422, 429, 503)
     async def book_naive() -> Response:
         """The original's unlocked path: read, then conditional write; the store refuses a second buyer."""
         return await intake_response(intake.book_naive)
@@ -556,9 +556,12 @@ def create_app(service: BookingService) -> QuartTrio:
             events = [event_json(e) for e in await service.events()
                       if event_filter is None or e.id == event_filter]
             stats = telemetry.last_stats
+            lines = [line.as_json() for line in service.waiting_room.lines.values()
+                     if event_filter is None or line.event_id == event_filter]
             await websocket.send(orjson.dumps({"type": "snapshot", "ts": iso_time(service.clock()),
                                                "process": telemetry.process, "events": events, "stats": stats,
-                                               "processes": stats.get("processes", 1)}).decode())
+                                               "processes": stats.get("processes", 1),
+                                               "waiting_rooms": lines}).decode())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_read_frames, sub)
                 while True:

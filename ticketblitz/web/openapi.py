@@ -27,13 +27,14 @@ PROBLEM_TYPE = "application/problem+json"
 CODES_BY_STATUS: dict[int, tuple[str, ...]] = {
     400: ("invalid_request",),
     401: ("unauthorized",),
-    403: ("forbidden",),
+    403: ("forbidden", "queue_required", "pass_invalid", "sale_not_started"),
     404: ("not_found",),
     405: ("invalid_request",),
-    409: ("sold_out", "seat_unavailable", "limit_exceeded", "invalid_transition", "flash_sale_running"),
+    409: ("sold_out", "seat_unavailable", "limit_exceeded", "invalid_transition", "flash_sale_running",
+          "no_waiting_room"),
     413: ("payload_too_large",),
     415: ("unsupported_media_type",),
-    422: ("invalid_request", "idempotency_conflict"),
+    422: ("invalid_request", "idempotency_conflict", "proof_required", "proof_invalid"),
     429: ("rate_limited",),
     503: ("unavailable",),
 }

@@ -278,3 +278,41 @@ def test_the_response_parser_keeps_alive_what_may_be(head: bytes, keep_alive: bo
     assert parser.complete
     response = parser.response()
     assert (response.status, response.body, response.keep_alive) == (200, b"{}", keep_alive)
+
+
+async def test_the_pool_gate_serves_by_priority_then_arrival_and_skips_the_cancelled() -> None:
+    import trio
+
+    from ticketblitz.loadgen.pool import Gate
+
+    gate = Gate(1)
+    await gate.acquire(2)  # the one token is taken
+    order: list[str] = []
+
+    async def waiter(name: str, priority: int) -> None:
+        await gate.acquire(priority)
+        order.append(name)
+        gate.release()
+
+    async with trio.open_nursery() as nursery:
+        for name, priority in (("join-a", 2), ("book", 0), ("poll", 1), ("join-b", 2)):
+            nursery.start_soon(waiter, name, priority)
+            await trio.sleep(0.01)
+        with trio.CancelScope() as gone:
+            gone.cancel()
+            await gate.acquire(0)  # cancelled before it could wait: never served, never counted
+        cancelled = trio.CancelScope()
+
+        async def cancelled_waiter() -> None:
+            with cancelled:
+                await gate.acquire(0)
+                order.append("cancelled")
+
+        nursery.start_soon(cancelled_waiter)
+        await trio.sleep(0.01)
+        cancelled.cancel()
+        await trio.sleep(0.01)
+        assert gate.waiting == 4
+        gate.release()
+    assert order == ["book", "poll", "join-a", "join-b"]
+    assert gate.free == 1 and gate.waiting == 0

@@ -1,11 +1,11 @@
 """A bounded pool of keep-alive connections to 127.0.0.1, shared by many cheap fans.
 
 A fan borrows a connection for ONE request and gives it back; at most `size` connections exist, and a
-fan that finds none free waits its turn: first come first served, except that `urgent` requests (those of
-fans already in line: their polls, bookings, confirms) go before the others (new joins). Real fans each
-have their own connection, so a fan whose turn came must not queue behind thousands of strangers' joins
-in the driver. A request that fails or is cancelled closes its connection (its state is unknown); the
-next borrower opens a fresh one.
+fan that finds none free waits its turn: first come first served within a priority (0 first: a fan's
+booking, its decision, its confirm; then 1: reads of fans whose turn may have come; then 2: new joins and
+background reads). Real fans each have their own connection, so a fan whose turn came must not queue
+behind thousands of strangers' joins in the driver. A request that fails or is cancelled closes its
+connection (its state is unknown); the next borrower opens a fresh one.
 """
 
 from __future__ import annotations
@@ -37,22 +37,25 @@ class _Waiter:
         self.gone = False  # cancelled while waiting: skipped by release (no O(n) removal)
 
 
+PRIORITIES = 3
+
+
 class Gate:
-    """`size` tokens; waiters served urgent first, then in arrival order."""
+    """`size` tokens; waiters served by priority (0 first), then in arrival order."""
 
     def __init__(self, size: int) -> None:
         self.free = size
-        self._queues: tuple[deque[_Waiter], deque[_Waiter]] = (deque(), deque())
+        self._queues: tuple[deque[_Waiter], ...] = tuple(deque() for _ in range(PRIORITIES))
         self.waiting = 0
 
-    async def acquire(self, urgent: bool) -> None:
+    async def acquire(self, priority: int) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self.free > 0 and not self.waiting:
             self.free -= 1
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         waiter = _Waiter()
-        self._queues[0 if urgent else 1].append(waiter)
+        self._queues[priority].append(waiter)
         self.waiting += 1
         try:
             await waiter.event.wait()
@@ -92,11 +95,11 @@ class ConnectionPool:
         return self._gate.waiting
 
     async def request(self, raw: bytes, seconds: float, on_sent: list[float] | None = None,
-                      urgent: bool = False) -> Answer:
+                      priority: int = PRIORITIES - 1) -> Answer:
         """Send `raw` on a pooled connection and read the whole answer within `seconds`
         (trio.TooSlowError after it). `on_sent`, when given, gets the send time appended before the
         answer arrives (so a caller that is cancelled still knows when it sent)."""
-        await self._gate.acquire(urgent)
+        await self._gate.acquire(priority)
         try:
             conn = self._idle.pop() if self._idle else self._new()
             ok = False

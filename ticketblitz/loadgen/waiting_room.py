@@ -17,7 +17,8 @@ order):
    turn the line says has come (position <= admitted_through, or the line sold out) reads it with
    `?wait=0` (a long poll that arrives after the change would wait for a *further* change, so the
    watcher also cuts a long poll still open `CUT_GRACE` s after the line passed its fan); any other fan
-   sleeps until the watcher wakes it (or `FALLBACK` s pass, then it reads its ticket anyway);
+   sleeps until the watcher wakes it (or `FALLBACK` s pass, fewer than `FALLBACK_PER_SECOND` such reads
+   for all fans, then it reads its ticket anyway);
 4. once `admitted`: `POST /api/events/{id}/bookings` quantity 1 with `Queue-Pass`, long-polls the
    booking until it is decided, and confirms a held booking (or, for the `abandon` fraction of fans,
    lets the hold lapse, which admits the next in line).
@@ -64,7 +65,11 @@ POLL_CONCURRENCY = 200  # booking long polls at once (the flash sale's pollers: 
 LONG_WAIT = 10  # ?wait= of a fan near the head of the line (and of a booking's decision)
 WATCH_EVERY = 0.05  # seconds between two reads of the public line
 CUT_GRACE = 0.5  # seconds a long poll may stay open after the line passed its fan
-FALLBACK = 30.0  # a sleeping fan reads its ticket at least about this often (jittered 0.5..1.5 x)
+FALLBACK = 30.0  # a sleeping fan reads its ticket at least about this often (jittered 0.5..1.5 x) ...
+FALLBACK_PER_SECOND = 100  # ... or less often, so that all fans' fallback reads stay under this rate
+# the pool serves the fans whose seat is at stake first, then those whose turn may have come, then the rest
+PRIORITY = {"book": 0, "decision": 0, "confirm": 0, "read": 0, "poll": 1, "fallback": 2, "join": 2,
+            "challenge": 2}
 REQUEST_SLACK = 10.0  # client timeout = the long poll's wait + this
 ATTEMPTS = 5  # per request, on socket errors, 429 and 503
 RETRY_PAUSE = 0.5
@@ -353,6 +358,7 @@ class Sale:
         self.pool = ConnectionPool(port, options.connections)
         # long polls may hold at most half the pool: the fans whose turn has come must find a connection
         self.long_polls = trio.CapacityLimiter(max(1, options.connections // 2))
+        self.fallback = max(FALLBACK, options.fans / FALLBACK_PER_SECOND)
         self.tally = tally
         self.errors: Counter[str] = Counter()  # socket errors, timeouts, retried 429/503
         self.samples: dict[str, str] = {}  # the first body of each retried answer kind
@@ -370,13 +376,12 @@ class Sale:
 
     async def call(self, fan: Fan, raw: bytes, what: str, wait: float = 0.0) -> Answer | None:
         """One request with retries on socket errors, timeouts, 429 and 503; None when they ran out.
-        The fan's arrival is set by its first send. Every request but a join (and its challenge) is
-        urgent: it is a fan already in line."""
+        The fan's arrival is set by its first send. Its priority in the pool is PRIORITY's."""
         sent: list[float] = []
-        urgent = what not in ("join", "challenge")
+        priority = PRIORITY.get(what, 2)
         for _ in range(ATTEMPTS):
             try:
-                answer = await self.pool.request(raw, wait + REQUEST_SLACK, sent, urgent)
+                answer = await self.pool.request(raw, wait + REQUEST_SLACK, sent, priority)
             except trio.TooSlowError:
                 self.errors[f"{what}_timeout"] += 1
             except (OSError, trio.BrokenResourceError, ProtocolError) as exc:
@@ -482,6 +487,7 @@ class Sale:
         assert fan.ticket_id is not None and fan.secret is not None
         path = f"/api/queue/{fan.ticket_id}?wait="
         while fan.status == "waiting":
+            kind = "poll"
             if self.line.due(fan):
                 wait = 0
             elif self.line.near(fan):
@@ -493,17 +499,17 @@ class Sale:
                 except trio.WouldBlock:  # enough fans hold long polls: sleep until the line reaches this one
                     await self.line.sleep(fan, 0.5 + self.rng.random(), until_due=True)
                     continue
-            elif await self.line.sleep(fan, FALLBACK * (0.5 + self.rng.random())):
+            elif await self.line.sleep(fan, self.fallback * (0.5 + self.rng.random())):
                 continue  # woken: the line came near the fan; decide again
             else:
-                wait = 0  # the fallback read
+                wait, kind = 0, "fallback"  # the fallback read
             raw = request_bytes("GET", f"{path}{wait}", self.port, token=fan.secret)
             fan.polls += 1
             with trio.CancelScope() as scope:
                 if wait:
                     self.line.polling(fan, scope)
                 try:
-                    answer = await self.call(fan, raw, "poll", wait)
+                    answer = await self.call(fan, raw, kind, wait)
                 finally:
                     self.line.polling(fan, None)
                     if wait:

@@ -28,7 +28,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from tcp_proxy import TcpProxy, advertise
 
-from ticketblitz.adapters.kafka_queue import KafkaQueue, message_key, partition_for
+from ticketblitz.adapters.kafka_queue import HEARTBEAT_MS, KafkaQueue, message_key, partition_for
 from ticketblitz.codec import booking_from_json, booking_to_json, bookings_from_json, envelope_to_json
 from ticketblitz.domain.errors import Unavailable
 from ticketblitz.domain.model import Booking, new_booking_id
@@ -564,6 +564,34 @@ async def test_a_rebalance_hands_over_only_the_unacked_bookings_of_moved_partiti
         nursery.cancel_scope.cancel()
     assert late == ([], []), "nothing is delivered again once decided"
     assert await in_thread(kafka.committed, group) == await in_thread(kafka.end_offsets)
+
+
+async def test_done_offsets_left_uncommitted_are_committed_when_their_partitions_are_revoked(
+        kafka: KafkaTopics, group: str, open_queue: OpenQueue) -> None:
+    one = await open_queue(group)
+    sent = [booking(f"evt_revoke{n}", n) for n in range(30)]  # thirty events: every partition gets some
+    for b in sent:
+        await one.enqueue([b])
+    before = await in_thread(kafka.committed, group)
+    taken = await take(one, 30, ack=False)
+    # Decided, their commit not made: as after an ack whose commit was refused during a rebalance.
+    assert one._deliveries.finish(taken) == 30
+    assert await in_thread(kafka.committed, group) == before
+
+    # two joins and waits for one; one hears of the rebalance from its heartbeat, so its next poll
+    # starts by revoking every partition (before the poll would commit them): the commit at revoke time.
+    two = await open_queue(group)
+    seen: tuple[list[Booking], list[Booking]] = ([], [])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect, two, seen[1], lambda: False, trio.Event())
+        await trio.sleep(2 * HEARTBEAT_MS / 1000)
+        nursery.start_soon(collect, one, seen[0], lambda: False, trio.Event())
+        await wait_for_split([one, two])
+        # a moved partition is forgotten by one at the assignment: only the revoke-time commit covers it
+        await commits_reach_the_end(kafka, group, [one, two])
+        await trio.sleep(1.0)  # room for a redelivery to show up
+        nursery.cancel_scope.cancel()
+    assert seen == ([], []), "nothing decided is delivered again"
 
 
 # ====================================================================== a broker that goes away and comes back

@@ -304,7 +304,15 @@ class _Rebalance(AsyncConsumerRebalanceListener):
 
     Not at revoke time: kafka-python keeps the fetch position of a partition that is revoked and assigned
     back to the same consumer, so its in-flight bookings would never be read again. Runs on
-    kafka-python's IO loop, so it awaits the commit instead of blocking on it."""
+    kafka-python's IO loop.
+
+    The revoke-time commit is sent, not awaited: kafka-python sends the JoinGroup only once this listener
+    returns, and every member of the group waits for that. The commit request goes out first on the
+    coordinator's connection; its outcome comes to `_revoke_committed` (on the consumer thread, at the
+    next poll or commit), and only a success marks the offsets committed. Awaiting the future that
+    `commit_async` returns would also be wrong when the coordinator is unknown: it is then the
+    coordinator look-up's future, resolved before the commit is even sent. A commit that fails leaves
+    its offsets to be redelivered by the partition's next owner (at least once; the store is idempotent)."""
 
     def __init__(self, deliveries: Deliveries, consumer: Any) -> None:
         self._deliveries = deliveries
@@ -317,10 +325,16 @@ class _Rebalance(AsyncConsumerRebalanceListener):
         if not offsets:
             return
         try:
-            await self._consumer.commit_async(_commit_request(offsets))
-            self._deliveries.committed(offsets)
+            self._consumer.commit_async(_commit_request(offsets), callback=partial(self._revoke_committed, offsets))
         except Exception as exc:  # never fail the rebalance: the new owner redelivers, never loses
             log.warning("commit on revoke failed, %d partitions will be redelivered: %s", len(offsets), exc)
+
+    def _revoke_committed(self, offsets: dict[Any, int], _request: Any, outcome: Any) -> None:
+        """(consumer thread) The outcome of a revoke-time commit: an exception, or the broker's answer."""
+        if isinstance(outcome, BaseException):
+            log.warning("commit on revoke failed, %d partitions will be redelivered: %s", len(offsets), outcome)
+            return
+        self._deliveries.committed(offsets)
 
     async def on_partitions_assigned(self, assigned: set[Any]) -> None:
         gone, self._revoked = self._revoked - set(assigned), set()

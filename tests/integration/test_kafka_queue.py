@@ -28,7 +28,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from tcp_proxy import TcpProxy, advertise
 
-from ticketblitz.adapters.kafka_queue import KafkaQueue, message_key, partition_for
+from ticketblitz.adapters.kafka_queue import HEARTBEAT_MS, KafkaQueue, message_key, partition_for
 from ticketblitz.codec import booking_from_json, booking_to_json, bookings_from_json, envelope_to_json
 from ticketblitz.domain.errors import Unavailable
 from ticketblitz.domain.model import Booking, new_booking_id
@@ -459,13 +459,28 @@ async def wait_for_split(queues: list[KafkaQueue], within: float = 30.0) -> list
 
 
 async def collect(queue: KafkaQueue, into: list[Booking], enough: Callable[[], bool], done: trio.Event) -> None:
-    """Take and ack until `enough()`; then set `done`."""
-    while not enough():
+    """Take and ack until cancelled, setting `done` once `enough()`. It keeps polling after that, as a
+    consumer does: kafka-python completes a rebalance only inside a poll, so a consumer nobody polls stays
+    in the middle of one (refusing commits, heartbeats off) until the group evicts it; and a duplicate that
+    comes later is seen."""
+    while True:
+        if enough():
+            done.set()
         batch = await queue.take_batch(64)
         await queue.ack(batch)
         into.extend(batch)
-        if enough():
-            done.set()
+
+
+async def commits_reach_the_end(kafka: KafkaTopics, group: str, queues: list[KafkaQueue],
+                                within: float = 15.0) -> None:
+    """Wait until the group's commits are at the end of the topic, the queues being polled meanwhile (by
+    `collect`). A commit refused during a rebalance (RebalanceInProgressError) goes out with the next
+    poll or ack once the rebalance is over."""
+    with trio.fail_after(within):
+        while await in_thread(kafka.committed, group) != await in_thread(kafka.end_offsets):
+            for queue in queues:
+                await queue.ack([])
+            await trio.sleep(0.2)
 
 
 async def test_two_consumers_split_the_partitions_and_see_each_booking_once(
@@ -486,12 +501,7 @@ async def test_two_consumers_split_the_partitions_and_see_each_booking_once(
         with trio.fail_after(30):
             await done.wait()
         await trio.sleep(1.0)  # room for a duplicate to show up
-        # a commit refused during a rebalance (RebalanceInProgressError) goes out with the next commit
-        with trio.fail_after(15):
-            while await in_thread(kafka.committed, group) != await in_thread(kafka.end_offsets):
-                for queue in (one, two):
-                    await queue.ack([])
-                await trio.sleep(0.2)
+        await commits_reach_the_end(kafka, group, [one, two])
         nursery.cancel_scope.cancel()
 
     assert not owned[0] & owned[1]
@@ -546,7 +556,42 @@ async def test_a_rebalance_hands_over_only_the_unacked_bookings_of_moved_partiti
     assert one.depth() == len(still_in_flight), "in flight on kept partitions, forgotten on moved ones"
     await one.ack(unacked)  # the late ack: counts for the kept partitions, nothing for the moved ones
     assert one.depth() == two.depth() == 0
+    late: tuple[list[Booking], list[Booking]] = ([], [])
+    async with trio.open_nursery() as nursery:  # polled, so that a rebalance under way completes
+        nursery.start_soon(collect, one, late[0], lambda: False, trio.Event())
+        nursery.start_soon(collect, two, late[1], lambda: False, trio.Event())
+        await commits_reach_the_end(kafka, group, [one, two])
+        nursery.cancel_scope.cancel()
+    assert late == ([], []), "nothing is delivered again once decided"
     assert await in_thread(kafka.committed, group) == await in_thread(kafka.end_offsets)
+
+
+async def test_done_offsets_left_uncommitted_are_committed_when_their_partitions_are_revoked(
+        kafka: KafkaTopics, group: str, open_queue: OpenQueue) -> None:
+    one = await open_queue(group)
+    sent = [booking(f"evt_revoke{n}", n) for n in range(30)]  # thirty events: every partition gets some
+    for b in sent:
+        await one.enqueue([b])
+    before = await in_thread(kafka.committed, group)
+    taken = await take(one, 30, ack=False)
+    # Decided, their commit not made: as after an ack whose commit was refused during a rebalance.
+    assert one._deliveries.finish(taken) == 30
+    assert await in_thread(kafka.committed, group) == before
+
+    # two joins and waits for one; one hears of the rebalance from its heartbeat, so its next poll
+    # starts by revoking every partition (before the poll would commit them): the commit at revoke time.
+    two = await open_queue(group)
+    seen: tuple[list[Booking], list[Booking]] = ([], [])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect, two, seen[1], lambda: False, trio.Event())
+        await trio.sleep(2 * HEARTBEAT_MS / 1000)
+        nursery.start_soon(collect, one, seen[0], lambda: False, trio.Event())
+        await wait_for_split([one, two])
+        # a moved partition is forgotten by one at the assignment: only the revoke-time commit covers it
+        await commits_reach_the_end(kafka, group, [one, two])
+        await trio.sleep(1.0)  # room for a redelivery to show up
+        nursery.cancel_scope.cancel()
+    assert seen == ([], []), "nothing decided is delivered again"
 
 
 # ====================================================================== a broker that goes away and comes back

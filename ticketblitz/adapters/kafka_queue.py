@@ -45,7 +45,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
 from ..codec import booking_to_json, bookings_from_json, envelope_to_json
 from ..domain.errors import Unavailable
@@ -75,6 +75,7 @@ RECYCLE_AFTER_S = 4.0  # a producer failing this long is replaced by a new one
 SESSION_TIMEOUT_MS = 10_000  # a dead group member is noticed after this
 HEARTBEAT_MS = 2_500
 MAX_POLL_INTERVAL_MS = 60_000  # also how long a rebalance waits for the live members to rejoin
+JOIN_WAIT_S = 0.5  # per poll, how long the consumer thread waits for a join under way to complete
 REASON_HEADER = "reason"  # why a message is in the dead-letter topic
 SOURCE_HEADER = "source"  # where it was read: topic/partition/offset
 
@@ -304,7 +305,15 @@ class _Rebalance(AsyncConsumerRebalanceListener):
 
     Not at revoke time: kafka-python keeps the fetch position of a partition that is revoked and assigned
     back to the same consumer, so its in-flight bookings would never be read again. Runs on
-    kafka-python's IO loop, so it awaits the commit instead of blocking on it."""
+    kafka-python's IO loop.
+
+    The revoke-time commit is sent, not awaited: kafka-python sends the JoinGroup only once this listener
+    returns, and every member of the group waits for that. The commit request goes out first on the
+    coordinator's connection; its outcome comes to `_revoke_committed` (on the consumer thread, at the
+    next poll or commit), and only a success marks the offsets committed. Awaiting the future that
+    `commit_async` returns would also be wrong when the coordinator is unknown: it is then the
+    coordinator look-up's future, resolved before the commit is even sent. A commit that fails leaves
+    its offsets to be redelivered by the partition's next owner (at least once; the store is idempotent)."""
 
     def __init__(self, deliveries: Deliveries, consumer: Any) -> None:
         self._deliveries = deliveries
@@ -317,10 +326,16 @@ class _Rebalance(AsyncConsumerRebalanceListener):
         if not offsets:
             return
         try:
-            await self._consumer.commit_async(_commit_request(offsets))
-            self._deliveries.committed(offsets)
+            self._consumer.commit_async(_commit_request(offsets), callback=partial(self._revoke_committed, offsets))
         except Exception as exc:  # never fail the rebalance: the new owner redelivers, never loses
             log.warning("commit on revoke failed, %d partitions will be redelivered: %s", len(offsets), exc)
+
+    def _revoke_committed(self, offsets: dict[Any, int], _request: Any, outcome: Any) -> None:
+        """(consumer thread) The outcome of a revoke-time commit: an exception, or the broker's answer."""
+        if isinstance(outcome, BaseException):
+            log.warning("commit on revoke failed, %d partitions will be redelivered: %s", len(offsets), outcome)
+            return
+        self._deliveries.committed(offsets)
 
     async def on_partitions_assigned(self, assigned: set[Any]) -> None:
         gone, self._revoked = self._revoked - set(assigned), set()
@@ -684,6 +699,7 @@ class KafkaQueue:
         # A record carries several bookings: ask for about as many records as make the rest.
         want = math.ceil((max_items - len(taken)) / self._per_record)
         records = consumer.poll(timeout_ms=0 if taken else POLL_MS, max_records=max(1, want))
+        self._complete_join(consumer)
         count = 0
         for tp, batch in records.items():
             for record in batch:
@@ -701,6 +717,33 @@ class KafkaQueue:
         self._pay_dead_letters()
         self._commit_left_over()
         return taken
+
+    def _complete_join(self, consumer: Any) -> None:
+        """(consumer thread) Finish a rejoin of the group that a poll left under way, waiting at most
+        JOIN_WAIT_S for it.
+
+        kafka-python 3.0.12 completes a join (state STABLE, heartbeats back on, the new assignment) only
+        in a poll still waiting when its JoinGroup/SyncGroup round trip ends (coordinator/base.py
+        join_group_async). A poll that gives up first leaves the round trip running; the next poll
+        sends a new JoinGroup if it has ended meanwhile, and never finishes it at all when this member
+        is the leader and rejoined only because the metadata changed: its own assignment clears that
+        reason, so need_rejoin() is False and the finished join is never applied. The member then stays
+        rebalancing, refuses every commit (RebalanceInProgressError) and sends no heartbeat, until the
+        group evicts it after SESSION_TIMEOUT_MS (CI: a lone consumer stalled 60 s, its LeaveGroup
+        refused with UnknownMemberIdError). So while the member is rebalancing it asks to rejoin (a
+        no-op for a join under way, which is awaited, not sent again) and waits in the coordinator's
+        poll, which fetches nothing."""
+        coordinator = getattr(consumer, "_coordinator", None)
+        if coordinator is None:
+            return
+        deadline = time.monotonic() + JOIN_WAIT_S
+        while consumer.group_metadata().state == MemberState.REBALANCING:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if not coordinator.need_rejoin():
+                coordinator.request_rejoin()
+            coordinator.poll(timeout_ms=max(1, int(left * 1000)))
 
     def _commit_left_over(self) -> None:
         """(consumer thread) Done offsets whose commit failed (a rebalance in progress, the broker away) go

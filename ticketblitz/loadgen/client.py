@@ -43,11 +43,12 @@ class HttpResponse:
 class _HttptoolsParser:
     """Response parser on httptools (the C parser uvicorn uses): a few microseconds per response."""
 
-    __slots__ = ("_body", "_parser", "complete")
+    __slots__ = ("_body", "_keep_alive", "_parser", "complete")
 
     def __init__(self) -> None:
         self._body = bytearray()
         self.complete = False
+        self._keep_alive = False
         self._parser = httptools.HttpResponseParser(self)
 
     # httptools callbacks
@@ -56,6 +57,9 @@ class _HttptoolsParser:
 
     def on_message_complete(self) -> None:
         self.complete = True
+        # read here: once feed_data has returned, llhttp has reset and should_keep_alive() says False
+        # (httptools 0.9), which made every "keep-alive" connection reconnect for each request
+        self._keep_alive = self._parser.should_keep_alive()
 
     def feed(self, data: bytes) -> None:
         try:
@@ -64,7 +68,7 @@ class _HttptoolsParser:
             raise ProtocolError(f"bad response: {exc}") from exc
 
     def response(self) -> HttpResponse:
-        return HttpResponse(self._parser.get_status_code(), bytes(self._body), self._parser.should_keep_alive())
+        return HttpResponse(self._parser.get_status_code(), bytes(self._body), self._keep_alive)
 
 
 class _SimpleParser:

@@ -1,0 +1,296 @@
+"""The waiting room under a flash crowd, and the same sale without it (docs/API.md, "Waiting room").
+
+    .venv/bin/python bench/bench_waiting_room.py --fans 50000 --seats 1000
+
+Starts its own embedded server (`python -m ticketblitz serve --port P --data-dir <tmp>`, P from --port or a
+free one, within TB_BENCH_PORTS=LOW-HIGH when set), then, in this one process (`ticketblitz.loadgen.
+waiting_room`, the code of `ticketblitz flash-sale --waiting-room`: fans are cheap records sharing
+--connections keep-alive connections):
+
+1. a fresh event of --seats seats with a waiting room (fifo, --admit-per-second, --pass-seconds,
+   --challenge-bits); --fans fans arrive evenly over --arrival-seconds in random order, join the line,
+   wait for their turn, book one seat with their pass, confirm it (an --abandon fraction lets the hold
+   lapse after --hold-seconds, which admits the next in line);
+2. a fresh event of the same seats WITHOUT a waiting room: the same fans, the same arrival schedule,
+   booking directly.
+
+It reports for (1) the p99 join answer, the time until every ticket shows a final state, the passes issued
+against seats + lapsed holds, oversold (0) and the order check; for both, fairness: of the (earlier,
+later) arrival pairs, how often the later fan got a seat and the earlier did not (counted exactly;
+arrival = when the fan's first request was sent). Writes bench/results/<UTC date>-waiting-room.md and
+.json with the command line. Bounded: each sale has its own deadline and a watchdog stops the server and
+exits after --max-seconds (default 290). The server is stopped by its PID (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_common import REPO, BenchError, log, raise_nofile
+from bench_servers import SPECS, Server
+
+from ticketblitz.loadgen.cli import sale_rows
+from ticketblitz.loadgen.waiting_room import (
+    SaleOptions,
+    SaleReport,
+    WaitingRoomSettings,
+    judge_sale,
+    report_json,
+    run_sale,
+)
+
+EXIT_WATCHDOG = 3
+DIRECT_HOLD_SECONDS = 600
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--fans", type=int, default=50_000)
+    p.add_argument("--seats", type=int, default=1_000)
+    p.add_argument("--admit-per-second", type=int, default=2000)
+    p.add_argument("--pass-seconds", type=int, default=30)
+    p.add_argument("--challenge-bits", type=int, default=0)
+    p.add_argument("--mode", choices=("fifo", "lottery"), default="fifo")
+    p.add_argument("--connections", type=int, default=1000, help="keep-alive connections the fans share")
+    p.add_argument("--arrival-seconds", type=float, default=1.0)
+    p.add_argument("--abandon", type=float, default=0.02,
+                   help="fraction of fans with a held booking who never confirm it (default 0.02)")
+    p.add_argument("--hold-seconds", type=int, default=30,
+                   help="the waiting-room event's hold_seconds (default 30: under 50,000 joins a fan on this "
+                        "2-core machine saw its decision up to ~14 s after its 202, so 10 s holds lapsed unbought)")
+    p.add_argument("--sale-deadline", type=float, default=110.0,
+                   help="seconds per sale from the first arrival until every fan must be done (default 110)")
+    p.add_argument("--port", type=int, default=None, help="the server's port (default: a free one, in "
+                                                          "TB_BENCH_PORTS when set)")
+    p.add_argument("--max-seconds", type=float, default=290.0, help="the watchdog (default 290)")
+    p.add_argument("--skip-direct", action="store_true", help="only the waiting-room sale")
+    p.add_argument("--out", type=Path, default=None,
+                   help="markdown path (default bench/results/<UTC date>-waiting-room.md; .json beside it)")
+    return p
+
+
+def watchdog(server: Server, seconds: float) -> threading.Timer:
+    def fire() -> None:
+        log(f"watchdog: {seconds:g} s passed; stopping the server (pid {server.pid if server.proc else '-'})")
+        try:
+            server.stop()
+        finally:
+            os._exit(EXIT_WATCHDOG)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def sale(server: Server, args: argparse.Namespace, waiting_room: bool) -> tuple[SaleReport, list[dict[str, Any]]]:
+    settings = WaitingRoomSettings(args.mode, args.admit_per_second, args.pass_seconds, args.challenge_bits) \
+        if waiting_room else None
+    # without a waiting room nobody is admitted after a lapse, so nobody abandons there, and holds are long:
+    # a hold of a few seconds may lapse before a fan in a 50,000-fan stampede even sees it
+    options = SaleOptions(url=server.url, admin_token=server.token, fans=args.fans, seats=args.seats,
+                          settings=settings, connections=args.connections, arrival_seconds=args.arrival_seconds,
+                          deadline_seconds=args.sale_deadline, abandon=args.abandon if waiting_room else 0.0,
+                          hold_seconds=args.hold_seconds if waiting_room else DIRECT_HOLD_SECONDS, log=log)
+    before = server.cpu()
+    report = trio.run(run_sale, options)
+    judge_sale(report)
+    return report, server.cpu_since(before)
+
+
+def _p(report: SaleReport, *keys: str) -> Any:
+    value: Any = report
+    for key in keys:
+        value = getattr(value, key) if not isinstance(value, dict) else value.get(key)
+        if value is None:
+            return None
+    return value
+
+
+def markdown(doc: dict[str, Any], wr: SaleReport, direct: SaleReport | None) -> str:
+    s = doc["settings"]
+    lines = [
+        f"# Waiting room under a flash crowd — {doc['date']}",
+        "",
+        f"Command: `{doc['command']}`",
+        "",
+        f"Machine: {doc['machine']}. Server: `{doc['server_command']}` (embedded, SQLite, one process), on the "
+        "same cores as the driver (one Python process, `ticketblitz/loadgen/waiting_room.py`: "
+        f"{s['fans']:,} fans as cheap records sharing {s['connections']:,} keep-alive connections).",
+        "",
+        f"Sale: {s['seats']:,} seats, waiting room `{s['mode']}`, admit_per_second {s['admit_per_second']:,}, "
+        f"pass_seconds {s['pass_seconds']}, challenge_bits {s['challenge_bits']}, hold_seconds {s['hold_seconds']}; "
+        f"the fans arrive evenly over {s['arrival_seconds']:g} s in random order; {s['abandon']:.0%} of the fans "
+        "with a held booking never confirm it (the hold lapses and admits the next in line), the others confirm. "
+        "The direct sale (no waiting room): everyone who gets a hold confirms it, hold_seconds 600.",
+        "",
+        "## Headline",
+        "",
+        "| | with the waiting room | without (direct booking) |",
+        "|---|---|---|",
+    ]
+
+    def both(name: str, a: Any, b: Any) -> None:
+        lines.append(f"| {name} | {a} | {b} |")
+
+    t, adm, o = wr.tickets or {}, wr.admission or {}, wr.order or {}
+    both("result", "PASS" if wr.passed else "FAIL: " + "; ".join(wr.exit_reasons),
+         ("PASS" if direct.passed else "FAIL: " + "; ".join(direct.exit_reasons)) if direct else "-")
+    both("arrival spread (first request sent)", f"{wr.arrivals['spread_s']} s",
+         f"{direct.arrivals['spread_s']} s" if direct else "-")
+    both("p99 join answer (sent → answered)", f"{_p(wr, 'joins', 'answer_ms', 'p99')} ms "
+         f"(p50 {_p(wr, 'joins', 'answer_ms', 'p50')} ms; {_p(wr, 'joins', 'per_second')} joins/s)", "-")
+    both("p99 booking answer", f"{_p(wr, 'bookings', 'answer_ms', 'p99')} ms",
+         f"{_p(direct, 'bookings', 'answer_ms', 'p99')} ms" if direct else "-")
+    both("time until every ticket shows a final state",
+         f"{t.get('time_to_all_final_s')} s after the first arrival (the public line read sold out at "
+         f"{t.get('line_empty_s')} s)" if t.get("all_final") else "NOT all final", "-")
+    both("final ticket states", ", ".join(f"{k} {v:,}" for k, v in t.get("final_states", {}).items()), "-")
+    both("passes issued vs seats + lapsed holds",
+         f"{adm.get('passes_issued'):,} vs {s['seats']:,} + {adm.get('lapsed_holds')} "
+         f"(beyond: {adm.get('passes_beyond_seats')})", "-")
+    both("admitted fans refused at their first booking / in the end (they retry while the pass is valid)",
+         (", ".join(f"{k} {v}" for k, v in adm.get("admitted_refused_first", {}).items()) or "none") + " / "
+         + (", ".join(f"{k} {v}" for k, v in adm.get("admitted_refused", {}).items()) or "none"), "-")
+    both("seats held / confirmed / abandoned",
+         f"{wr.bookings['held']:,} / {wr.bookings['confirmed']:,} / {wr.bookings['abandoned']:,}",
+         f"{direct.bookings['held']:,} / {direct.bookings['confirmed']:,} / {direct.bookings['abandoned']:,}"
+         if direct else "-")
+    both("event counts at the end", ", ".join(f"{k} {v:,}" for k, v in wr.verification.counts.items()),
+         ", ".join(f"{k} {v:,}" for k, v in direct.verification.counts.items()) if direct else "-")
+    both("oversold", f"{wr.oversold} ({'verified' if wr.verification.ok else 'VERIFICATION FAILED'})",
+         f"{direct.oversold} ({'verified' if direct.verification.ok else 'VERIFICATION FAILED'})" if direct else "-")
+    both("order check (admitted positions = 1..k)",
+         ("OK" if o.get("ok") else "FAILED") + f": {o.get('detail')}; passes issued out of position order: "
+         f"{o.get('issue_inversions')} pairs" if o.get("checked") else f"not checked: {o.get('detail')}", "-")
+    f_wr, f_d = wr.fairness, direct.fairness if direct else None
+    both("fairness: later fan beat an earlier one (of all (earlier, later) pairs)",
+         f"{f_wr['fraction']:.6f} ({f_wr['overtakes']:,} of {f_wr['ordered_pairs']:,})",
+         f"{f_d['fraction']:.6f} ({f_d['overtakes']:,} of {f_d['ordered_pairs']:,})" if f_d else "-")
+    both("… of the pairs where exactly one got a seat (0 = first come first served, 0.5 = coin flip)",
+         f"{f_wr['fraction_of_mixed']:.4f}", f"{f_d['fraction_of_mixed']:.4f}" if f_d else "-")
+    both("server CPU during the sale", ", ".join(f"{c['cpu_s']} s" for c in doc["server_cpu"]["waiting_room"]),
+         ", ".join(f"{c['cpu_s']} s" for c in doc["server_cpu"].get("direct", [])) or "-")
+    both("driver: requests / wall", f"{wr.requests['total']:,} / {wr.wall_seconds} s",
+         f"{direct.requests['total']:,} / {direct.wall_seconds} s" if direct else "-")
+    lines += ["", "Fairness counts every pair of fans exactly (sorting by arrival): with 1,000 seats for 50,000 fans "
+              "at most 1,000 x 49,000 of the 1.25 billion pairs can be overtakes, so the first row is small by "
+              "construction; the second row normalises by those pairs. Arrival is when the fan's first request was "
+              "sent by the driver; the line's order is the order the server recorded the joins, so fans whose joins "
+              "were in flight together can swap places without any unfairness of the server.", ""]
+    for title, r in (("With the waiting room", wr), ("Without the waiting room", direct)):
+        if r is None:
+            continue
+        lines += [f"## {title}: every line of the report", "", "| | |", "|---|---|"]
+        lines += [f"| {name} | {value.replace('|', '/')} |" for name, value in sale_rows(r)]
+        lines.append("")
+    if doc["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in doc["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def notes_for(wr: SaleReport, direct: SaleReport | None) -> list[str]:
+    notes = []
+    adm = wr.admission or {}
+    if adm.get("passes_beyond_seats") or adm.get("admitted_refused_first"):
+        notes.append(f"{adm.get('passes_beyond_seats')} passes were issued beyond seats + lapsed holds and "
+                     f"{sum(adm.get('admitted_refused_first', {}).values())} admitted fans were refused when they "
+                     f"first booked ({adm.get('admitted_refused_first')}; in the end {adm.get('admitted_refused')}): "
+                     "a pass whose booking is queued but not yet decided no longer counts as outstanding while its "
+                     "seat still counts as available (server side, ticketblitz/adapters/waiting_room_sql.py "
+                     "queue_tick). A refused fan's pass stays outstanding until it expires, holding back that many "
+                     "seats from the next in line.")
+    cut = wr.requests.get("long_polls_cut")
+    if cut:
+        notes.append(f"{cut:,} ticket long polls were cut by the driver {0.5} s after the public line had passed "
+                     "their fan and re-read with ?wait=0: a long poll that reaches the server after the ticket was "
+                     "admitted waits for the NEXT change (API.md: 'as soon as status or position differs from what "
+                     "it was when the request arrived'), for an admitted ticket the pass's expiry.")
+    late = wr.arrivals.get("late_p99_ms")
+    if late and late > 500:
+        joins = (wr.joins or {}).get("per_second")
+        notes.append(f"The driver could not send every first request on schedule (p99 {late:,.0f} ms late): every "
+                     "pooled connection had a request in flight (the server answered "
+                     f"{joins:,} joins/s on these 2 cores, shared with the driver), so the arrival spread is longer "
+                     "than scheduled; arrival is measured when sent, so fairness is computed on the real order.")
+    return notes
+
+
+def main() -> int:
+    args = parser().parse_args()
+    raise_nofile()
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="tb-bench-wr-"))
+    server = Server(SPECS["embedded"], None, workdir)
+    if args.port is not None:
+        server.port = args.port
+    timer = watchdog(server, args.max_seconds)
+    direct: SaleReport | None = None
+    cpu: dict[str, Any] = {}
+    try:
+        server.start()
+        log(f"server pid {server.pid} on {server.url}; the waiting-room sale ({args.fans:,} fans, "
+            f"{args.seats:,} seats)")
+        wr, cpu["waiting_room"] = sale(server, args, waiting_room=True)
+        log(f"waiting room: {'PASS' if wr.passed else 'FAIL ' + str(wr.exit_reasons)}; now the direct sale")
+        if not args.skip_direct:
+            direct, cpu["direct"] = sale(server, args, waiting_room=False)
+            log(f"direct: {'PASS' if direct.passed else 'FAIL ' + str(direct.exit_reasons)}")
+    except BenchError as exc:
+        log(f"could not run: {exc}")
+        return 2
+    finally:
+        code = server.stop()
+        timer.cancel()
+        log(f"server stopped, exit status {code}")
+    date = time.strftime("%Y-%m-%d", time.gmtime())
+    out = args.out or REPO / "bench" / "results" / f"{date}-waiting-room.md"
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bench_waiting_room.py", *sys.argv[1:]])
+    if os.environ.get("TB_BENCH_PORTS"):
+        command = f"TB_BENCH_PORTS={os.environ['TB_BENCH_PORTS']} {command}"
+    doc = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "command": command,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+                   f"{platform.system()} {platform.release()}",
+        "server_command": server.command, "server_exit": code, "server_problems": server.problems(),
+        "settings": {"fans": args.fans, "seats": args.seats, "mode": args.mode,
+                     "admit_per_second": args.admit_per_second, "pass_seconds": args.pass_seconds,
+                     "challenge_bits": args.challenge_bits, "connections": args.connections,
+                     "arrival_seconds": args.arrival_seconds, "abandon": args.abandon,
+                     "hold_seconds": args.hold_seconds},
+        "server_cpu": cpu, "seconds": round(time.time() - started, 1),
+        "notes": notes_for(wr, direct),
+        "waiting_room": report_json(wr, history=True),
+        "direct": report_json(direct) if direct else None,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = markdown(doc, wr, direct)
+    if doc["server_problems"]:
+        text += "\n## Server log problems\n\n```\n" + "\n".join(doc["server_problems"]) + "\n```\n"
+    out.write_text(text)
+    out.with_suffix(".json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str) + b"\n")
+    print(text)
+    log(f"wrote {out} and {out.with_suffix('.json')} in {doc['seconds']} s")
+    passed = wr.passed and (direct is None or direct.passed) and code == 0
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

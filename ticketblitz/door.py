@@ -71,10 +71,10 @@ def _one_segment(value: str) -> bool:
     return bool(value) and "/" not in value
 
 
-def _route(method: str, path: str) -> Route | None:
+def _route(method: str, path: str, query: str = "") -> Route | None:
     """The intake route this request is for, with its path parameter; None for everything else."""
     if method == "GET":
-        return _queue_read(path)
+        return _get_route(path, query)
     if method != "POST":
         return None
     compat = intake.COMPAT_ROUTES.get(path)
@@ -92,8 +92,14 @@ def _route(method: str, path: str) -> Route | None:
     return None
 
 
-def _queue_read(path: str) -> Route | None:
-    """The waiting room's reads: a ticket (also its long-poll), a line, a challenge."""
+def _get_route(path: str, query: str) -> Route | None:
+    """The GETs answered through `intake`: a booking's long-poll, and the waiting room's reads: a ticket
+    (also its long-poll), a line, a challenge."""
+    if path.startswith(BOOKING_PREFIX):
+        booking_id = path[len(BOOKING_PREFIX):]
+        if _one_segment(booking_id) and reads.query_value(query, "wait") is not None:
+            return intake.booking_long_poll, (booking_id,), "GET /api/bookings/{id}", False
+        return None
     if path.startswith(TICKET_PREFIX):
         ticket_id = path[len(TICKET_PREFIX):]
         if _one_segment(ticket_id):
@@ -418,7 +424,7 @@ class _Connection:
         """Answer one complete request; True when the connection carries on."""
         door = self.door
         keep_alive = request.keep_alive and not door.closing.is_set()
-        route = _route(request.method, request.path)
+        route = _route(request.method, request.path, request.query)
         if route is not None:
             clock = time.perf_counter()
             handler, params, name, json_body = route

@@ -139,7 +139,10 @@ async def queue_challenge(service: BookingService, call: Call, event_id: str) ->
     return Answer(200, await service.waiting_room.challenge(event_id))
 
 
-QUEUE_READS = {"queue_ticket": queue_ticket, "queue_line": queue_line, "queue_challenge": queue_challenge}
+async def booking_long_poll(service: BookingService, call: Call, booking_id: str) -> Answer:
+    """GET /api/bookings/{booking_id}?wait=N: answered by the door too (a flash sale's fans all poll)."""
+    wait = parse_wait(query_value(call.query, "wait"))
+    return Answer(200, booking_json(await service.booking(booking_id, bearer(call.headers.get("authorization")), wait)))
 
 
 COMPAT_ROUTES = {

@@ -321,10 +321,10 @@ async def test_an_unexpected_error_closes_that_connection_only(hostile: Harness,
     event_id = await _event(hostile)
     real_route = door._route
 
-    def exploding(method: str, path: str) -> object:
+    def exploding(method: str, path: str, query: str = "") -> object:
         if path == "/boom":
             raise RuntimeError("a bug in the door")
-        return real_route(method, path)
+        return real_route(method, path, query)
 
     monkeypatch.setattr(door, "_route", exploding)
     stream = await connect(hostile)

@@ -81,6 +81,7 @@ class WaitingRoomService:
         self.telemetry = telemetry
         self.clock = clock
         self.lines: dict[str, Line] = {}  # event id -> the line as of this process's last tick
+        self._seen: dict[str, tuple[Line, float]] = {}  # event id -> (that line, when: trio's clock)
         self._tracked: set[str] = set()  # events whose lines this process ticks
         # long-polls of waiting tickets: ticket id -> its event, set when the line reaches its position (or
         # draws its pre-queue, or sells out); per line a heap of (position, ticket id), and the pre-queue's
@@ -145,6 +146,7 @@ class WaitingRoomService:
         before = self.lines.get(event_id)
         line = result.line
         self.lines[event_id] = line
+        self._seen[event_id] = (line, trio.current_time())
         joins = line.joined - (before.joined if before is not None else 0)
         if result.changed or joins or before is None:
             self.telemetry.line(line.as_json(), admits=result.admitted, joins=max(0, joins),
@@ -266,7 +268,11 @@ class WaitingRoomService:
 
     # ------------------------------------------------------------------ reading
     async def line(self, event_id: str) -> Line:
+        """The line: this process's view when its last tick was less than two ticks ago, else the store's."""
         await self._room_of(event_id)
+        seen = self._seen.get(event_id)
+        if seen is not None and trio.current_time() - seen[1] < 2 * TICK:
+            return seen[0]
         line = await self.store.queue_line(event_id)
         if line is None:
             raise NotFound(f"event {event_id} has no line yet")
@@ -297,19 +303,17 @@ class WaitingRoomService:
     async def ticket(self, ticket_id: str, credential: str | None, wait: float = 0.0) -> tuple[Ticket, Line]:
         """The ticket; with `wait` > 0, long-poll until its status or position changes."""
         ticket, line = await self._owned(ticket_id, credential)
-        if wait <= 0 or ticket.status in (TicketStatus.SOLD_OUT, TicketStatus.EXPIRED):
-            return ticket, line
+        if wait <= 0 or ticket.status is not TicketStatus.WAITING:
+            return ticket, line  # (an admitted ticket answers at once: a poll sent just after it was admitted
+            #                      must not wait for the pass to expire)
         seen = (ticket.status, ticket.position)
         async with self.waiters.slot():
             with trio.move_on_after(min(wait, self.settings.max_wait)):
                 while (ticket.status, ticket.position) == seen:
-                    if ticket.status is TicketStatus.ADMITTED and ticket.pass_expires_at is not None:
-                        await trio.sleep(max(0.0, ticket.pass_expires_at - self.clock()) + 0.01)
-                    else:
-                        with trio.move_on_after(WATCH_FALLBACK):  # (a line this process does not tick yet)
-                            await self._watch(ticket).wait()
-                        if not self._may_change(ticket):
-                            continue
+                    with trio.move_on_after(WATCH_FALLBACK):  # (a line this process does not tick yet)
+                        await self._watch(ticket).wait()
+                    if not self._may_change(ticket):
+                        continue
                     ticket, line = await self._owned(ticket_id, credential)
         return ticket, line
 

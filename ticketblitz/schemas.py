@@ -444,12 +444,20 @@ class FlashSaleIn(BaseModel):
                        description="seats of the sale's fresh event (one section; a prime above 1000 is refused)")
     route: FlashSaleRoute = Field(default="bookings", description="bookings = POST /api/events/{id}/bookings; "
                                   "the others are the original's routes")
+    waiting_room: WaitingRoomIn | None = Field(
+        default=None, description="sell through a waiting room (API 1.2): the fans join, wait, book with their pass")
+    sale_starts_in: float = Field(default=0.0, ge=0, le=30,
+                                  description="with a waiting room: seconds from the event's creation to the sale")
 
     @model_validator(mode="after")
     def _seats_fit_one_section(self) -> FlashSaleIn:
         from .loadgen.scenario import seat_layout
 
         seat_layout(self.seats)  # ValueError "seats: ..." -> 422 naming the field
+        if self.waiting_room is not None and self.route != "bookings":
+            raise ValueError("route: a waiting-room sale books through POST /api/events/{id}/bookings")
+        if self.waiting_room is None and self.sale_starts_in:
+            raise ValueError("sale_starts_in: only with a waiting_room")
         return self
 
 

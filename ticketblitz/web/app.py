@@ -504,7 +504,10 @@ def create_app(service: BookingService) -> QuartTrio:
         except RuntimeError as exc:
             return problem_response(503, "unavailable", "Service unavailable", str(exc))
         try:
-            body = await flash_sales.start(app.nursery, url, spec.users, spec.seats, spec.route)
+            body = await flash_sales.start(
+                app.nursery, url, spec.users, spec.seats, spec.route,
+                **({"waiting_room": spec.waiting_room.model_dump(), "sale_starts_in": spec.sale_starts_in}
+                   if spec.waiting_room is not None else {}))
         except FlashSaleRunning:
             return problem_response(409, "flash_sale_running", "Flash sale running",
                                     "a flash sale is running on this server; wait for its `finished` frame")

@@ -10,14 +10,6 @@ With a `waiting_room` (API 1.2: the event object's member, e.g. `{"mode": "fifo"
 200}`) the sale's event is created with that waiting room, its sale opening `sale_starts_in` seconds
 after its creation (0: at once), and the child runs the load generator's waiting-room mode
 (`ticketblitz flash-sale --waiting-room`: each fan joins the line, waits for its pass, then books with it).
-
-NOTE (wr-viz, 2026-12-01): the page sends `waiting_room` and `sale_starts_in` in the body of
-`POST /api/admin/flash-sale`, but `schemas.FlashSaleIn` does not have them yet (the page then shows the
-server's `422 waiting_room: Extra inputs are not permitted`) and `web/app.py` calls `start()` without them.
-Wiring them is two small changes outside this module: `FlashSaleIn` gains `waiting_room: WaitingRoomIn |
-None = None` and `sale_starts_in: float = Field(default=0, ge=0, le=MAX_SALE_STARTS_IN)` (and refuses
-`route` other than `bookings` with a waiting room), and the route passes `waiting_room=spec.waiting_room.
-model_dump() if spec.waiting_room else None, sale_starts_in=spec.sale_starts_in`.
 """
 
 from __future__ import annotations

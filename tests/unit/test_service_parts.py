@@ -308,18 +308,40 @@ async def test_reads_need_the_secret(parts: Parts) -> None:
 
 async def test_waiters_leave_nothing_behind() -> None:
     waiters = Waiters(limit=2)
-    async with waiters.slot():
+    async with waiters.slot(5):
         with waiters.watch("b1") as event, trio.move_on_after(0.01):
             await event.wait()
     assert len(waiters) == 0 and waiters.active == 0
-    async with waiters.slot(), waiters.slot():
+    async with waiters.slot(5), waiters.slot(5):
         with pytest.raises(RateLimited):
-            async with waiters.slot():
+            async with waiters.slot(5):
                 pass
     with waiters.watch("b2") as event:
         waiters.notify("b2")
         assert event.is_set()
     assert len(waiters) == 0
+
+
+async def test_a_stopping_server_ends_every_long_poll_at_once() -> None:
+    waiters = Waiters(limit=10)
+    ended: list[float] = []
+
+    async def poll() -> None:
+        async with waiters.slot(30) as waiting:
+            with waiting:
+                await trio.sleep_forever()
+            ended.append(trio.current_time())
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(poll)
+            await trio.sleep(0.1)
+            waiters.close()
+        async with waiters.slot(30) as late:  # a long-poll arriving while the server stops: at once
+            with late:
+                await trio.sleep_forever()
+    assert len(ended) == 3 and waiters.active == 0
 
 
 async def test_seat_maps_share_one_build_and_follow_changes(parts: Parts) -> None:

@@ -92,7 +92,11 @@ class BookingService:
 
     @accepting.setter
     def accepting(self, value: bool) -> None:
-        self.intake.accepting = value
+        was, self.intake.accepting = self.intake.accepting, value
+        if was and not value:
+            self.waiters.close()  # stopping: long-polls answer now, so that their connections can close
+        elif value:
+            self.waiters.closed = False
 
     # ================================================================== lifetime
     async def open(self) -> None:
@@ -315,8 +319,8 @@ class BookingService:
         booking = await self._owned(booking_id, credential)
         if booking.status is not BookingStatus.PENDING or wait <= 0:
             return booking
-        async with self.waiters.slot():
-            with trio.move_on_after(min(wait, self.settings.max_wait)):
+        async with self.waiters.slot(min(wait, self.settings.max_wait)) as waiting:
+            with waiting:
                 while booking.status is BookingStatus.PENDING:
                     with self.waiters.watch(booking_id) as decided, trio.move_on_after(0.5):
                         await decided.wait()  # (decided by another process: we learn it from the store)

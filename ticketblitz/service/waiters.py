@@ -18,6 +18,8 @@ class Waiters:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0  # long-polls in progress
+        self.closed = False
+        self._scopes: set[trio.CancelScope] = set()
         self._events: dict[str, trio.Event] = {}
         self._watchers: dict[str, int] = {}
 
@@ -26,15 +28,28 @@ class Waiters:
         return len(self._events)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """One long-poll's place; RateLimited (429) when `limit` are in progress already."""
+    async def slot(self, seconds: float) -> AsyncIterator[trio.CancelScope]:
+        """One long-poll's place, as a scope that ends the wait after `seconds` or when the server stops
+        (`close`), whichever comes first: the caller answers with what it has then. RateLimited (429) when
+        `limit` are in progress already."""
         if self.active >= self.limit:
             raise RateLimited(f"{self.limit} long-polls are waiting already; poll again later", retry_after=1)
+        scope = trio.CancelScope(deadline=trio.current_time() + seconds)
+        if self.closed:
+            scope.cancel()
         self.active += 1
+        self._scopes.add(scope)
         try:
-            yield
+            yield scope
         finally:
             self.active -= 1
+            self._scopes.discard(scope)
+
+    def close(self) -> None:
+        """The server stops: every long-poll answers now, and later ones at once."""
+        self.closed = True
+        for scope in self._scopes:
+            scope.cancel()
 
     @contextmanager
     def watch(self, booking_id: str) -> Iterator[trio.Event]:

@@ -48,6 +48,7 @@ REFRESH = 2.0  # seconds between two looks for lines made by other processes
 MAX_JOIN_BATCH = 2000  # joins in one store transaction
 MAX_JOINS_WAITING = 50_000  # joins waiting for their transaction; beyond: 429
 SECRET_PURPOSE = "ticketblitz queue ticket"
+SOLD_OUT_TICK = 1.0  # seconds between two ticks of a sold-out line
 WATCH_FALLBACK = 5.0  # a waiting long-poll looks at the store at least this often
 
 
@@ -125,9 +126,9 @@ class WaitingRoomService:
                     log.warning("waiting room: could not list events: %s", exc.detail)
                 next_refresh = now + REFRESH
             for event_id in sorted(self._tracked):
-                line = self.lines.get(event_id)
-                if line is not None and line.sold_out:
-                    continue  # nothing moves in a sold-out line (a lapsed pass reads as expired)
+                seen = self._seen.get(event_id)
+                if seen is not None and seen[0].sold_out and now - seen[1] < SOLD_OUT_TICK:
+                    continue  # a sold-out line admits nothing more: its passes' expiry is counted once a second
                 try:
                     await self.tick(event_id)
                 except Unavailable as exc:
@@ -307,8 +308,8 @@ class WaitingRoomService:
             return ticket, line  # (an admitted ticket answers at once: a poll sent just after it was admitted
             #                      must not wait for the pass to expire)
         seen = (ticket.status, ticket.position)
-        async with self.waiters.slot():
-            with trio.move_on_after(min(wait, self.settings.max_wait)):
+        async with self.waiters.slot(min(wait, self.settings.max_wait)) as waiting:
+            with waiting:
                 while (ticket.status, ticket.position) == seen:
                     with trio.move_on_after(WATCH_FALLBACK):  # (a line this process does not tick yet)
                         await self._watch(ticket).wait()

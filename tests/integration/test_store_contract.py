@@ -143,14 +143,32 @@ async def invariants(store: Store, event: Event) -> Counts:
 
 
 # ---------------------------------------------------------------------- migration 3
+async def v2_event(backend: Backend, event: Event) -> None:
+    """The event and its seats, inserted with the columns of schema v2."""
+    sections = orjson.dumps([{"name": x.name, "rows": x.rows, "seats_per_row": x.seats_per_row,
+                              "price_cents": x.price_cents} for x in event.sections]).decode()
+    values = (event.id, event.name, event.venue, event.starts_at, sections, event.capacity, event.max_per_user,
+              event.hold_seconds, event.capacity, event.created_at)
+    if backend.kind == "sqlite":
+        await backend.sql("INSERT INTO events (seq, id, name, venue, starts_at, sections, capacity, max_per_user, "
+                          "hold_seconds, available, created_at) VALUES (1, %s,%s,%s,%s,%s,%s,%s,%s,%s,%s)", values)
+    else:
+        await backend.sql("INSERT INTO events (id, name, venue, starts_at, sections, capacity, max_per_user, "
+                          "hold_seconds, available, created_at) VALUES (%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s)", values)
+    for r in rules.seat_map(event):
+        await backend.sql("INSERT INTO seats (event_id, position, id, section, row, number) VALUES (%s,%s,%s,%s,%s,%s)",
+                          (event.id, r.position, r.id, r.section, r.row, r.number))
+
+
 async def test_a_v2_database_migrates_to_v3_with_its_data(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     module = sqlite_store if backend.kind == "sqlite" else postgres_store
     v3 = list(module.MIGRATIONS)
     assert len(v3) >= 3
     monkeypatch.setattr(module, "MIGRATIONS", v3[:2])
     old = await backend.open_store()
-    event = await create(old, make_event(rows=2, seats_per_row=5))
     await old.close()
+    event = make_event(rows=2, seats_per_row=5)
+    await v2_event(backend, event)  # as the v2 code wrote it (its column list had no sale_starts_at, waiting_room)
 
     # bookings as the v2 code wrote them (its column list had neither secret_hash nor edge_due)
     now = time.time()

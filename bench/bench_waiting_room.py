@@ -219,9 +219,9 @@ def notes_for(wr: SaleReport, direct: SaleReport | None) -> list[str]:
     cut = wr.requests.get("long_polls_cut")
     if cut:
         notes.append(f"{cut:,} ticket long polls were cut by the driver {0.5} s after the public line had passed "
-                     "their fan and re-read with ?wait=0: a long poll that reaches the server after the ticket was "
-                     "admitted waits for the NEXT change (API.md: 'as soon as status or position differs from what "
-                     "it was when the request arrived'), for an admitted ticket the pass's expiry.")
+                     "their fan and re-read with ?wait=0 (the driver's own shortcut: since d2512ee the server "
+                     "answers a long poll at once when its ticket is no longer waiting, and wakes a waiting one "
+                     "when the line reaches it).")
     late = wr.arrivals.get("late_p99_ms")
     if late and late > 500:
         joins = (wr.joins or {}).get("per_second")

@@ -210,13 +210,15 @@ def tick(db: Any, d: Dialect, event_id: str, now: float) -> Tick | None:
         line = replace(line, opened=True, ticked_at=line.opens_at, credit=0.0)
     expired = db.execute(d.q("UPDATE queue_tickets SET status = 'expired' WHERE event_id = ? AND status = 'admitted' "
                              "AND pass_expires_at <= ?"), (event_id, now)).rowcount or 0
-    available, held = db.execute(d.q("SELECT available, held FROM events WHERE id = ?"), (event_id,)).fetchone()
     # A pass is outstanding until a booking made with it was decided: while that booking is pending its
     # seats still count as available, so the pass must still count too (else one seat admits two fans).
-    outstanding = db.execute(d.q(
-        "SELECT count(*) FROM queue_tickets t WHERE t.event_id = ? AND t.status = 'admitted' AND NOT EXISTS ("
-        "SELECT 1 FROM bookings b WHERE b.event_id = t.event_id AND b.user_id = t.user_id "
-        "AND b.created_at >= t.admitted_at AND b.status <> 'pending')"), (event_id,)).fetchone()[0]
+    # One statement, so one snapshot: in PostgreSQL (READ COMMITTED) two statements could see a decision
+    # committed between them, its seats still available in the first and its pass used in the second.
+    available, held, outstanding = db.execute(d.q(
+        "SELECT e.available, e.held, (SELECT count(*) FROM queue_tickets t WHERE t.event_id = e.id "
+        "AND t.status = 'admitted' AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.event_id = t.event_id "
+        "AND b.user_id = t.user_id AND b.created_at >= t.admitted_at AND b.status <> 'pending')) "
+        "FROM events e WHERE e.id = ?"), (event_id,)).fetchone()
     credit = refill(line, now)
     admitted = 0
     sold = 0

@@ -1,6 +1,6 @@
 """The waiting room's proof of work (docs/API.md, "Waiting room"), the client's side: find a decimal
 `proof` such that SHA-256 of the UTF-8 bytes `"{challenge}:{user_id}:{proof}"` starts with `bits` zero
-bits. `verify` is the same test the server makes, so a proof `solve` returns is one it accepts.
+bits. `verify` is the server's own test (`domain/waiting_room.py`), so a proof `solve` returns is one it accepts.
 
 Pure and synchronous (hashlib only): the prefix `"{challenge}:{user_id}:"` is hashed once and copied
 for each candidate, so a try costs one `copy` + `update` of a few digits + `digest`.
@@ -11,18 +11,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+# the server's own test of a proof, so that what `solve` finds is what the server accepts
+from ..domain.waiting_room import leading_zero_bits, proof_digest
+
 MAX_BITS = 256
-
-
-def leading_zero_bits(digest: bytes) -> int:
-    """How many zero bits the digest starts with (0..8 x len)."""
-    value = int.from_bytes(digest, "big")
-    return len(digest) * 8 - value.bit_length()
-
-
-def proof_digest(challenge: str, user_id: str, proof: str) -> bytes:
-    """SHA-256 of the UTF-8 bytes `"{challenge}:{user_id}:{proof}"`."""
-    return hashlib.sha256(f"{challenge}:{user_id}:{proof}".encode()).digest()
 
 
 def _check_bits(bits: int) -> None:

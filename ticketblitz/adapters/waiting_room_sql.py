@@ -241,7 +241,7 @@ def tick(db: Any, d: Dialect, event_id: str, now: float) -> Tick | None:
                    sold_out=line.sold_out or is_sold_out(available, held))
     _write_line(db, d, line)
     changed = (admitted or expired or sold or drawn or line.opened != before.opened or line.sold_out != before.sold_out
-               or line.outstanding != before.outstanding or line.joined != before.joined)
+               or line.outstanding != before.outstanding)
     return Tick(line, admitted=admitted, expired=expired, sold_out=sold, drawn=drawn, changed=bool(changed))
 
 

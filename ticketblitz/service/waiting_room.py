@@ -81,8 +81,7 @@ class WaitingRoomService:
         self.waiters = waiters
         self.telemetry = telemetry
         self.clock = clock
-        self.lines: dict[str, Line] = {}  # event id -> the line as of this process's last tick
-        self._seen: dict[str, tuple[Line, float]] = {}  # event id -> (that line, when: trio's clock)
+        self._seen: dict[str, tuple[Line, float]] = {}  # event id -> (its line at this process's last tick, when)
         self._tracked: set[str] = set()  # events whose lines this process ticks
         # long-polls of waiting tickets: ticket id -> its event, set when the line reaches its position (or
         # draws its pre-queue, or sells out); per line a heap of (position, ticket id), and the pre-queue's
@@ -92,6 +91,11 @@ class WaitingRoomService:
         self._joins: list[_Join] = []
         self._join_wake = trio.Event()
         self._key: bytes | None = None
+
+    @property
+    def lines(self) -> dict[str, Line]:
+        """Event id -> the line as of this process's last tick."""
+        return {event_id: line for event_id, (line, _) in self._seen.items()}
 
     @property
     def key(self) -> bytes:
@@ -135,7 +139,7 @@ class WaitingRoomService:
                     log.warning("waiting room: tick of %s failed, next tick retries: %s", event_id, exc.detail)
                 except Exception:  # a surprise stays in this tick: the line is the store's, the next tick retries
                     log.exception("waiting room: tick of %s failed", event_id)
-            self.telemetry.queue_waiting = sum(line.waiting for line in self.lines.values())
+            self.telemetry.queue_waiting = sum(line.waiting for line, _ in self._seen.values())
             await trio.sleep(TICK)
 
     async def tick(self, event_id: str) -> Line | None:
@@ -144,9 +148,9 @@ class WaitingRoomService:
         if result is None:
             self._tracked.discard(event_id)
             return None
-        before = self.lines.get(event_id)
+        seen = self._seen.get(event_id)
+        before = seen[0] if seen is not None else None
         line = result.line
-        self.lines[event_id] = line
         self._seen[event_id] = (line, trio.current_time())
         joins = line.joined - (before.joined if before is not None else 0)
         if result.changed or joins or before is None:
@@ -292,9 +296,10 @@ class WaitingRoomService:
 
     def _may_change(self, ticket: Ticket) -> bool:
         """Whether this process's view of the line says the ticket may have changed (worth a store read)."""
-        line = self.lines.get(ticket.event_id)
-        if line is None or ticket.status is not TicketStatus.WAITING:
+        seen = self._seen.get(ticket.event_id)
+        if seen is None or ticket.status is not TicketStatus.WAITING:
             return True
+        line = seen[0]
         if line.sold_out:
             return True
         if ticket.position is None:

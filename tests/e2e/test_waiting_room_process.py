@@ -17,6 +17,15 @@ KILL_AFTER = 150  # joins answered 201 before the SIGKILL
 
 async def test_kill_9_mid_join_loses_no_answered_place_and_the_line_moves_on(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
+    try:
+        await _crash_and_resume(server)
+    finally:  # a failed assertion must not leave the process running
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+            await server.proc.wait()
+
+
+async def _crash_and_resume(server: ServerProcess) -> None:
     await server.start()
     answered: dict[str, dict[str, Any]] = {}  # user -> the ticket of its 201
     async with client_of(server) as client:

@@ -94,7 +94,7 @@ class Harness:
         headers = {"Idempotency-Key": key} if key is not None else {}
         return self.remember(await self.client.post(f"/api/events/{event_id}/bookings", json=body, headers=headers))
 
-    async def settle(self, booking_id: str, wait: float = 10.0) -> dict[str, Any]:
+    async def settle(self, booking_id: str, wait: float = 30.0) -> dict[str, Any]:
         """The booking once it left `pending` (fails the test if it does not within `wait` s)."""
         r = await self.get_booking(booking_id, wait)
         assert r.status_code == 200, r.text

@@ -272,8 +272,8 @@ def markdown(doc: dict[str, Any], wr: SaleReport, direct: SaleReport | None) -> 
             return "-"
         return (f"{x.get('requests', 0):,} requests on {x.get('connections', 0):,} connections in "
                 f"{x.get('send_calls', 0):,} send() calls; connect {x.get('connect_seconds')} s; "
-                f"schedule late at most {x.get('schedule_late_max_ms')} ms; stdout blocked "
-                f"{x.get('stdout_blocked_s')} s; CPU {x.get('cpu_s')} s; exit {x.get('exit')}")
+                f"schedule late at most {x.get('schedule_late_max_ms')} ms; answers waiting for the parent "
+                f"at most {x.get('stdout_peak_bytes', 0):,} bytes; CPU {x.get('cpu_s')} s; exit {x.get('exit')}")
 
     both("burst sender (second process)", sender(wr), sender(direct))
     lines += ["", "Fairness counts every pair of fans exactly (sorting by arrival): with 1,000 seats for 50,000 fans "

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,11 @@ def markdown(doc: dict[str, Any], wr: SaleReport, direct: SaleReport | None) -> 
         lines += [f"| `{name}` | {n:,} | {pct} |" for name, n, pct in prof["top_own"]]
         lines += ["", "| TicketBlitz functions, inclusive | samples | % |", "|---|---|---|"]
         lines += [f"| `{name}` | {n:,} | {pct} |" for name, n, pct in prof["top_inclusive"]]
+        if prof.get("main_thread"):
+            lines += ["", f"The event loop (MainThread) by what it was doing, per join = samples x 10 ms / "
+                      f"{prof['joins']:,} joins (everything the loop did in the window, charged to the joins):", "",
+                      "| MainThread | samples | % | µs per join |", "|---|---|---|---|"]
+            lines += [f"| {what} | {n:,} | {pct} | {us} |" for what, n, pct, us in prof["main_thread"]]
         lines += ["", "| thread | samples | % |", "|---|---|---|"]
         lines += [f"| {name} | {n:,} | {pct} |" for name, n, pct in prof["threads"]]
         if prof["errors"]:
@@ -344,8 +350,60 @@ def quiet_note() -> str:
     return "quiet (no pytest running at the end)" if not others else f"pytest running at the end: {len(others)}"
 
 
-def profile_json(profile: Profile) -> dict[str, Any]:
-    return {"svg": str(profile.svg.relative_to(REPO)) if profile.svg.is_relative_to(REPO) else str(profile.svg),
+# The event loop's (MainThread's) samples by what they were doing: the first rule whose words a sample's stack
+# holds takes it. The SQLite work runs in trio's worker thread (its own rows of the thread table).
+ATTRIBUTION: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("join route: ticket_json, iso_time", ("join_queue", "ticket_json")),
+    ("join route: secrets (HMAC, SHA-256, ticket id)", ("join_queue", "secret")),
+    ("join route: secrets (HMAC, SHA-256, ticket id)", ("join_queue", "new_ticket_id")),
+    ("join route: JSON body (JoinIn)", ("join_queue", "parse_body")),
+    ("join route: the rest (service.join, catalog, waiting for its batch)", ("join_queue",)),
+    ("join batches: hand-off to the SQLite thread, waking the joiners", ("_join_batch",)),
+    ("join batches: hand-off to the SQLite thread, waking the joiners", ("_join_loop",)),
+    ("admitter ticks", ("_admit_loop",)),
+    ("other routes (tickets, the line, bookings, relayed requests)", ("queue_ticket",)),
+    ("other routes (tickets, the line, bookings, relayed requests)", ("queue_line",)),
+    ("other routes (tickets, the line, bookings, relayed requests)", ("create_booking",)),
+    ("other routes (tickets, the line, bookings, relayed requests)", ("booking_long_poll",)),
+    ("other routes (tickets, the line, bookings, relayed requests)", ("reads.py",)),
+    ("other routes (tickets, the line, bookings, relayed requests)", ("_relay",)),
+    ("other routes (tickets, the line, bookings, relayed requests)", ("hypercorn",)),
+    ("door: intake.answer (content type, CORS)", ("answer (ticketblitz/intake.py",)),
+    ("door: serialize, orjson.dumps", ("serialize",)),
+    ("door: send() of each answer", ("_Connection._send",)),
+    ("door: recv() and feeding the parser", ("_Connection._recv",)),
+    ("door: recv() and feeding the parser", ("receive_data",)),
+    ("door: HTTP parsing (sans-IO core)", ("next_event",)),
+    ("door: telemetry.record_request", ("record_request",)),
+    ("door: accept", ("_accept",)),
+    ("door: routing, _serve/_answer themselves", ("door.py",)),
+)
+
+
+def main_thread_attribution(raw: Path, joins: int) -> list[tuple[str, int, float, float]]:
+    """(what, samples, % of the event loop's samples, µs per join at 10 ms a sample) for MainThread."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        if not n.isdigit() or "MainThread" not in frames[0]:
+            continue
+        total += int(n)
+        text = ";".join(frames[1:])
+        label = next((what for what, words in ATTRIBUTION if all(w in text for w in words)), None)
+        if label is None:
+            label = "trio: waiting in epoll (idle)" if frames[-1].startswith("EpollIOManager.get_events") else \
+                "trio: scheduling, thread wake-ups, the rest"
+        counts[label] += int(n)
+    return [(what, n, round(100 * n / total, 1), round(n * 10_000 / joins, 1))
+            for what, n in counts.most_common()] if total and joins else []
+
+
+def profile_json(profile: Profile, joins: int) -> dict[str, Any]:
+    return {"main_thread": main_thread_attribution(profile.raw, joins) if profile.raw.exists() else [],
+            "joins": joins,
+            "svg": str(profile.svg.relative_to(REPO)) if profile.svg.is_relative_to(REPO) else str(profile.svg),
             "commands": profile.commands, "samples": profile.samples, "top_own": profile.top,
             "top_inclusive": profile.top_inclusive, "threads": profile.threads, "errors": profile.errors}
 
@@ -405,7 +463,7 @@ def main() -> int:
                      "profile_seconds": args.profile_seconds if args.profile else None},
         "server_cpu": cpu, "server_cpu_join_phase": join_cpu, "seconds": round(time.time() - started, 1),
         "quiet": quiet_note(),
-        "profile": profile_json(profile) if profile else None,
+        "profile": profile_json(profile, args.fans) if profile else None,
         "notes": notes_for(wr, direct),
         "waiting_room": report_json(wr, history=True),
         "direct": report_json(direct) if direct else None,

@@ -22,9 +22,10 @@ confirm) through the pool. One process alone offers only ~2,300 joins/s (the 202
 It reports for (1) the p99 join answer, the time until every ticket shows a final state, the passes issued
 against seats + lapsed holds, oversold (0) and the order check; for both, fairness: of the (earlier,
 later) arrival pairs, how often the later fan got a seat and the earlier did not (counted exactly;
-arrival = when the fan's first request was sent). Writes bench/results/<UTC date>-waiting-room.md and
-.json with the command line. Bounded: each sale has its own deadline and a watchdog stops the server and
-exits after --max-seconds (default 290). The server is stopped by its PID (SIGTERM, then SIGKILL).
+arrival = when the fan's first request was sent). Writes bench/results/<UTC date>-waiting-room-burst.md
+(-waiting-room.md with --pooled) and .json with the command line. Bounded: each sale has its own deadline
+and a watchdog stops the server and exits after --max-seconds (default 290). The server is stopped by its
+PID (SIGTERM, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def parser() -> argparse.ArgumentParser:
                    help="py-spy the server during the waiting-room sale's join burst (--profile-seconds)")
     p.add_argument("--profile-seconds", type=int, default=15)
     p.add_argument("--out", type=Path, default=None,
-                   help="markdown path (default bench/results/<UTC date>-waiting-room.md; .json beside it)")
+                   help="markdown path (default bench/results/<UTC date>-waiting-room-burst.md, "
+                        "-waiting-room.md with --pooled; .json beside it)")
     return p
 
 

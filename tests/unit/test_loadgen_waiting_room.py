@@ -264,6 +264,42 @@ async def test_a_waiting_room_sale_against_a_stand_in(bits: int, abandon: float)
         assert report.joins is not None and report.joins["pow_tries"] >= 600
 
 
+@pytest.mark.parametrize("waiting_room", [True, False])
+async def test_a_burst_sale_against_a_stand_in(waiting_room: bool) -> None:
+    """SaleOptions.burst_connections: every fan's first request comes from the sender process, pipelined on
+    a few connections, on schedule; its send time is the fan's arrival and the fans go on from its answers."""
+    import trio
+    from fake_waiting_room import TOKEN, Fake, serve
+
+    from ticketblitz.loadgen.waiting_room import SaleOptions, judge_sale, run_sale
+
+    fake, port = Fake(), _free_port()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve, fake, port)
+        options = SaleOptions(url=f"http://127.0.0.1:{port}", admin_token=TOKEN, fans=400, seats=30,
+                              settings=WaitingRoomSettings("fifo", 400, 30, 0) if waiting_room else None,
+                              connections=40, arrival_seconds=0.3, deadline_seconds=40, hold_seconds=5,
+                              burst_connections=8)
+        with trio.fail_after(60):
+            report = await run_sale(options)
+        nursery.cancel_scope.cancel()
+    judge_sale(report)
+    assert report.passed, report.exit_reasons
+    assert report.sender is not None and report.sender["exit"] == 0
+    assert report.sender["requests"] == 400 and report.sender["connections"] == 8
+    assert report.arrivals["arrived"] == 400
+    assert 0.2 <= report.arrivals["spread_s"] < 1.0  # sent on schedule (0.3 s), measured, not assumed
+    assert report.oversold == 0 and report.verification.counts == {"available": 0, "held": 0, "sold": 30}
+    if waiting_room:
+        assert report.joins is not None and report.joins["answered"] == 400
+        assert report.joins["answer_ms"]["max"] is not None
+        assert report.order is not None and report.order["ok"]
+        # the pool sent no join: only the line, the polls and the bookings
+        assert report.requests["total"] < 400 + 3 * 30 + 400
+    else:
+        assert report.bookings["requests"] == 400 and report.bookings["confirmed"] == 30
+
+
 @pytest.mark.parametrize(("head", "keep_alive"), [
     (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", True),
     (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n", False),

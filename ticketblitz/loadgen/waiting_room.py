@@ -33,11 +33,15 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -47,6 +51,7 @@ from . import pow as proof_of_work
 from .burst import BurstSummary, cpu_seconds, parse_json, percentile_ms
 from .client import (
     ALLOWED_HOST,
+    HttpResponse,
     KeepAliveConnection,
     ProtocolError,
     build_request,
@@ -78,6 +83,7 @@ MODES = ("fifo", "lottery")
 BOOK_RETRY = 1.0  # seconds (jittered) between two booking attempts of an admitted fan told sold_out
 INLINE_BITS = 10  # proofs up to this many bits are solved in the event loop, larger ones in a worker thread
 LAPSE_SLACK = 3.0  # seconds after an abandoned hold's expires_at for the sweeper to have expired it
+SENDER_START_SECONDS = 90.0  # for the burst sender to open its connections and say when it starts
 
 
 # ====================================================================== settings
@@ -129,6 +135,10 @@ class SaleOptions:
     seed: int = 1
     near_window: int | None = None  # None: admit_per_second x 4 x WATCH_EVERY, at least 50
     log: Callable[[str], None] | None = None
+    # None: every request through the pool (above). N: each fan's FIRST request (its join; without a waiting
+    # room its booking) is pre-encoded and sent on schedule by a second OS process (`sender`) over N
+    # keep-alive connections, pipelined; the answers come back to this process, whose fans go on from there
+    burst_connections: int | None = None
 
 
 def sale_event_body(name: str, seats: int, settings: WaitingRoomSettings | None, hold_seconds: int,
@@ -371,6 +381,7 @@ class Sale:
         self.t0 = 0.0
         self.deadline = math.inf
         self.wall_minus_trio = time.time() - trio.current_time()
+        self.sender: dict[str, Any] | None = None  # the burst sender's own numbers (burst runs only)
 
     # ------------------------------------------------------------------ requests
 
@@ -401,21 +412,36 @@ class Sale:
 
     # ------------------------------------------------------------------ one fan
 
-    async def run_fan(self, fan: Fan) -> None:
-        await trio.sleep_until(self.t0 + fan.offset)
+    async def run_fan(self, fan: Fan, first: Answer | None = None, wait: bool = True) -> None:
+        """The fan's whole sale; `first`: the answer to its first request, sent by the burst sender."""
+        if wait:
+            await trio.sleep_until(self.t0 + fan.offset)
         with trio.move_on_at(self.deadline):
             try:
                 if self.waiting_room:
-                    await self.join(fan)
+                    await self.join(fan, first)
                     if fan.ticket_id is not None:
                         await self.wait_turn(fan)
                     if fan.status == "admitted" and fan.pass_ is not None:
                         await self.book(fan)
                 else:
-                    await self.book(fan)
+                    await self.book(fan, first)
             finally:
                 fan.done_at = trio.current_time()
                 self.tally.done += 1
+
+    def first_request(self, fan: Fan) -> bytes:
+        """The fan's first request, as `join` / `book` send it (the burst sender's pre-encoded bytes)."""
+        if self.waiting_room:
+            return request_bytes("POST", f"/api/events/{self.event_id}/queue", self.port, {"user_id": fan.user_id})
+        return self.booking_request(fan)
+
+    def booking_request(self, fan: Fan) -> bytes:
+        headers = {"Idempotency-Key": f"wr-{fan.user_id}-{fan.booking_attempts}"}
+        if fan.pass_ is not None:
+            headers["Queue-Pass"] = fan.pass_
+        return request_bytes("POST", f"/api/events/{self.event_id}/bookings", self.port,
+                             {"user_id": fan.user_id, "quantity": 1}, headers=headers)
 
     async def solve(self, fan: Fan) -> tuple[str, str] | None:
         answer = await self.call(fan, request_bytes("GET", f"/api/events/{self.event_id}/queue/challenge",
@@ -435,16 +461,20 @@ class Sale:
         fan.pow_tries += solution.tries
         return challenge, solution.proof
 
-    async def join(self, fan: Fan) -> None:
+    async def join(self, fan: Fan, first: Answer | None = None) -> None:
         for _ in range(2):  # a second time only when the challenge had expired meanwhile
             body: dict[str, Any] = {"user_id": fan.user_id}
-            if self.bits > 0:
-                proof = await self.solve(fan)
-                if proof is None:
-                    return
-                body["challenge"], body["proof"] = proof
-            answer = await self.call(fan, request_bytes("POST", f"/api/events/{self.event_id}/queue", self.port,
-                                                        body), "join")
+            if first is not None:  # sent by the burst sender (no challenge: the bench refuses bits > 0 there)
+                answer: Answer | None = first
+                first = None
+            else:
+                if self.bits > 0:
+                    proof = await self.solve(fan)
+                    if proof is None:
+                        return
+                    body["challenge"], body["proof"] = proof
+                answer = await self.call(fan, request_bytes("POST", f"/api/events/{self.event_id}/queue",
+                                                            self.port, body), "join")
             if answer is None:
                 fan.error = "join: no answer"
                 return
@@ -532,15 +562,15 @@ class Sale:
         return (fan.pass_expires_wall is not None and time.time() + 2 * BOOK_RETRY < fan.pass_expires_wall
                 and not self.line.sold_out and fan.booking_code in ("sold_out", "seat_unavailable"))
 
-    async def book(self, fan: Fan) -> None:
+    async def book(self, fan: Fan, first: Answer | None = None) -> None:
         while True:
-            headers = {"Idempotency-Key": f"wr-{fan.user_id}-{fan.booking_attempts}"}
-            if fan.pass_ is not None:
-                headers["Queue-Pass"] = fan.pass_
-            raw = request_bytes("POST", f"/api/events/{self.event_id}/bookings", self.port,
-                                {"user_id": fan.user_id, "quantity": 1}, headers=headers)
+            raw = self.booking_request(fan)
             fan.booking_attempts += 1
-            answer = await self.call(fan, raw, "book")
+            if first is not None:  # sent by the burst sender
+                answer: Answer | None = first
+                first = None
+            else:
+                answer = await self.call(fan, raw, "book")
             if answer is None:
                 fan.error = "book: no answer"
                 return
@@ -592,6 +622,71 @@ class Sale:
             self.tally.confirmed += fan.confirmed
         else:
             fan.error = f"confirm answered {answer.response.status if answer else 'nothing'}"
+
+    # ------------------------------------------------------------------ the burst sender
+
+    async def burst(self, nursery: trio.Nursery, fans: trio.Nursery, connections: int) -> None:
+        """Every fan's first request from the sender process (`sender.py`), on schedule; each fan goes on
+        in this process (`run_fan` from its answer) as soon as its answer is read back. The watcher starts
+        with the burst. A fan whose first request got no answer (its connection broke) goes on through
+        the pool, with retries; its arrival stays when the sender sent it."""
+        from . import sender as burst_sender  # here: `python -m ticketblitz.loadgen.sender` imports this module
+
+        order = sorted(self.fans, key=lambda f: (f.offset, f.index))
+        plan = burst_sender.Plan(self.port, connections, self.options.deadline_seconds,
+                                 [(f.index, f.offset, self.first_request(f)) for f in order])
+        shift = trio.current_time() - time.perf_counter()  # trio's clock is perf_counter + an offset
+        with tempfile.TemporaryDirectory(prefix="tb-burst-") as tmp:
+            path = Path(tmp) / "plan.pickle"
+            burst_sender.write_plan(path, plan)
+            proc = await trio.lowlevel.open_process([sys.executable, "-m", "ticketblitz.loadgen.sender", str(path)],
+                                                    stdout=subprocess.PIPE)
+            self.sender = {"pid": proc.pid, "command": f"{sys.executable} -m ticketblitz.loadgen.sender PLAN"}
+            try:
+                assert proc.stdout is not None
+                limit = SENDER_START_SECONDS + self.options.arrival_seconds + self.options.deadline_seconds + 30
+                with trio.move_on_after(limit):
+                    await self._read_sender(proc.stdout, shift, nursery, fans)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()  # our own child, by its handle
+                with trio.CancelScope(shield=True):
+                    await proc.wait()
+                self.sender["exit"] = proc.returncode
+
+    async def _read_sender(self, stream: trio.abc.ReceiveStream, shift: float, nursery: trio.Nursery,
+                           fans: trio.Nursery) -> None:
+        buffer = bytearray()
+        async for chunk in stream:
+            buffer += chunk
+            end = buffer.rfind(b"\n")
+            if end < 0:
+                continue
+            lines = bytes(buffer[:end]).split(b"\n")
+            del buffer[:end + 1]
+            for line in lines:
+                row = orjson.loads(line)
+                if row[0] == "start":
+                    self.t0 = row[1] + shift
+                    self.deadline = self.t0 + self.options.arrival_seconds + self.options.deadline_seconds
+                    if self.waiting_room:
+                        nursery.start_soon(self.watch)
+                    continue
+                if row[0] == "done":
+                    assert self.sender is not None
+                    self.sender |= row[1]
+                    continue
+                index, sent, answered, status, body = row
+                fan = self.fans[index]
+                if sent is not None and fan.arrival is None:
+                    fan.arrival = sent + shift
+                    self.tally.arrived += 1
+                if status:
+                    first = Answer(HttpResponse(status, body.encode(), True), sent + shift, answered + shift)
+                    fans.start_soon(self.run_fan, fan, first, False)
+                else:
+                    self.errors[f"burst_{body}"] += 1
+                    fans.start_soon(self.run_fan, fan, None, False)
 
     # ------------------------------------------------------------------ the watcher
 
@@ -649,6 +744,7 @@ class SaleReport:
     driver_cpu_seconds: float
     wall_seconds: float
     line_history: list[tuple[Any, ...]] = field(default_factory=list)
+    sender: dict[str, Any] | None = None  # the burst sender's numbers (SaleOptions.burst_connections)
     passed: bool = False
     exit_reasons: list[str] = field(default_factory=list)
 
@@ -713,6 +809,9 @@ def summarize(sale_kind: str, fans: list[Fan], t0: float, pass_seconds: float,
         "from_arrival_ms": _ms([f.join_answered_at - f.arrival for f in joined
                                 if f.join_answered_at is not None and f.arrival is not None]),
         "per_second": round(len(joined) / span, 1) if span > 0 else None,
+        # the join phase on the wall clock (for the server's CPU over it): first request sent, last join answered
+        "first_sent_wall": round(min(arrived) + wall_minus_trio, 3) if arrived else None,
+        "last_answered_wall": round(last_join + wall_minus_trio, 3) if last_join is not None else None,
         "challenge_fetches": sum(f.challenge_fetches for f in fans),
         "pow_tries": sum(f.pow_tries for f in fans),
         "pow_seconds": round(sum(f.pow_seconds for f in fans), 3),
@@ -831,14 +930,18 @@ async def run_sale(options: SaleOptions, tally: SaleTally | None = None,
     cpu_before = cpu_seconds()
     tally.phase = "selling"
     async with trio.open_nursery() as nursery:
-        if sale.waiting_room:
-            nursery.start_soon(sale.watch)
-        # spawning 50,000 tasks takes about a second: the clock starts once they are all waiting
-        sale.t0 = trio.current_time() + 0.2 + options.fans * 20e-6
-        sale.deadline = sale.t0 + options.arrival_seconds + options.deadline_seconds
-        async with trio.open_nursery() as fans:
-            for fan in sale.fans:
-                fans.start_soon(sale.run_fan, fan)
+        if options.burst_connections is not None:
+            async with trio.open_nursery() as fans:
+                await sale.burst(nursery, fans, options.burst_connections)
+        else:
+            if sale.waiting_room:
+                nursery.start_soon(sale.watch)
+            # spawning 50,000 tasks takes about a second: the clock starts once they are all waiting
+            sale.t0 = trio.current_time() + 0.2 + options.fans * 20e-6
+            sale.deadline = sale.t0 + options.arrival_seconds + options.deadline_seconds
+            async with trio.open_nursery() as fans:
+                for fan in sale.fans:
+                    fans.start_soon(sale.run_fan, fan)
         nursery.cancel_scope.cancel()
     sale.line.wake_all()
     lapsing = [f.hold_expires_wall for f in sale.fans if f.abandoned and f.hold_expires_wall is not None]
@@ -885,7 +988,7 @@ async def run_sale(options: SaleOptions, tally: SaleTally | None = None,
         fan_errors=dict(Counter(f.error.split(":")[0] if ":" in f.error else f.error
                                 for f in sale.fans if f.error).most_common()),
         driver_cpu_seconds=round(cpu_seconds() - cpu_before, 3), wall_seconds=round(time.time() - started_wall, 3),
-        line_history=sale.line.history,
+        line_history=sale.line.history, sender=sale.sender,
     )
 
 

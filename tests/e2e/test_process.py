@@ -72,10 +72,16 @@ async def new_event(client: httpx.AsyncClient, name: str) -> str:
     return str(r.json()["id"])
 
 
-async def burst(client: httpx.AsyncClient, event_id: str, kill: ServerProcess | None = None) -> list[str]:
+async def burst(client: httpx.AsyncClient, event_id: str, kill: ServerProcess | None = None,
+                accepted: dict[str, set[Any]] | None = None) -> list[str]:
     """600 concurrent requests: quantity bookings plus fans of one seat via the queued compat route.
-    With `kill`, the server gets SIGKILL as soon as 200 requests were accepted, mid-burst."""
+    With `kill`, the server gets SIGKILL as soon as 200 requests were accepted, mid-burst. `accepted`
+    collects the ids of the quantity bookings accepted ("quantity") and the seat numbers of the compat
+    bookings accepted ("seats")."""
     ids: list[str] = []
+    accepted = accepted if accepted is not None else {}
+    accepted.setdefault("quantity", set())
+    accepted.setdefault("seats", set())
 
     async def one(i: int) -> None:
         try:
@@ -84,11 +90,13 @@ async def burst(client: httpx.AsyncClient, event_id: str, kill: ServerProcess | 
                                       json={"userId": f"hot-{i}", "seatNumber": 1 + i % 7, "eventId": event_id})
                 assert r.status_code == 202, r.text
                 ids.append(r.json()["booking"]["id"])
+                accepted["seats"].add(1 + i % 7)
             else:
                 r = await client.post(f"/api/events/{event_id}/bookings", json={"user_id": f"fan-{i}", "quantity": 1})
                 assert r.status_code in (202, 409), r.text
                 if r.status_code == 202:
                     ids.append(r.json()["id"])
+                    accepted["quantity"].add(r.json()["id"])
         except httpx.TransportError:
             assert kill is not None  # only requests cut by the kill may fail: they were not accepted
             return
@@ -129,16 +137,22 @@ async def test_kill_9_after_202s_then_restart_decides_every_booking(tmp_path: Pa
     await server.start()
     async with client_of(server) as client:
         event_id = await new_event(client, "crash")
-        ids = await burst(client, event_id, kill=server)
+        accepted: dict[str, set[Any]] = {}
+        ids = await burst(client, event_id, kill=server, accepted=accepted)
     assert server.proc is not None
     assert await server.proc.wait() == -signal.SIGKILL
     assert len(ids) >= 200
+    # every seat an accepted booking can take ends held: each quantity booking takes one of the seats, the
+    # compat ones their named seat (the first of each). Not always 100: the 200 accepted by the time of the
+    # kill may hold fewer quantity bookings than 93 (the edge's 100 seats less the 7 named ones). The test
+    # asserted 100 and failed once on a loaded machine with 96 held, as 89 quantity + 7 named would give.
+    can_hold = min(100, len(accepted["quantity"]) + len(accepted["seats"]))
 
     await server.start()  # same data dir: pending work resumes
     async with client_of(server) as client:
         statuses = await final_state(client, event_id, ids, wait=30)
     assert statuses["pending"] == 0, statuses
-    assert statuses["held"] == 100  # 100 seats, more than 100 accepted: every seat ends held exactly once
+    assert statuses["held"] == can_hold, (statuses, len(accepted["quantity"]), sorted(accepted["seats"]))
     assert await server.signal_and_wait(signal.SIGTERM) == 0
 
 

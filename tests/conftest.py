@@ -186,12 +186,40 @@ def make_settings(tmp_path: Any, services: dict[str, str] | None = None, **chang
     return Settings(**base)
 
 
-@pytest.fixture(params=ADAPTER_SETS)
+DOORS = ["door", "hypercorn"]
+# The (adapter set, door) pairs a harness test runs on: each door on the embedded adapters, and the real
+# services (PostgreSQL, Redis, Kafka) behind the production door. The two factors are separate layers:
+# the door decides which front parses the request and answers the intake routes (both fronts call
+# ticketblitz.intake on the same service, and the door relays every other route to the same Quart app),
+# the adapter set decides what the service stores, locks and queues with. So what depends on the front
+# is proved on both fronts, what depends on the adapters is proved on both adapter sets, and only the
+# fourth pair, the real services behind Hypercorn for the intake routes too, would repeat both (it cost a
+# quarter of the contract suite, ~75 s). That pair still runs under tests/schema (test_distributed:
+# every documented route, generated requests), and a module that pins one factor (a fixture `door` or
+# `adapter_set` of its own) still runs every value of the other.
+STACKS = [("embedded", "door"), ("embedded", "hypercorn"), ("distributed", "door")]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `adapter_set` and `door` (STACKS when a test uses both), unless its module pins one or
+    the test parametrizes it itself."""
+    marked = {name.strip() for mark in metafunc.definition.iter_markers("parametrize")
+              for name in (mark.args[0].split(",") if isinstance(mark.args[0], str) else mark.args[0])}
+    names = [n for n in ("adapter_set", "door")
+             if n in metafunc.fixturenames and n not in marked and not hasattr(metafunc.module, n)]
+    if names == ["adapter_set", "door"]:
+        metafunc.parametrize(names, STACKS, indirect=True, ids=[f"{a}-{d}" for a, d in STACKS])
+    elif names:
+        metafunc.parametrize(names[0], ADAPTER_SETS if names[0] == "adapter_set" else DOORS, indirect=True)
+
+
+@pytest.fixture
 def adapter_set(request: pytest.FixtureRequest) -> str:
+    """The adapters behind the service: `embedded` (SQLite, in-process queue and locks) or `distributed`."""
     return str(request.param)
 
 
-@pytest.fixture(params=["door", "hypercorn"])
+@pytest.fixture
 def door(request: pytest.FixtureRequest) -> str:
     """Which HTTP front answers the intake routes: the lean Trio door, or Hypercorn + Quart for all."""
     return str(request.param)

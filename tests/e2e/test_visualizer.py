@@ -69,7 +69,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m ticketblitz serve --demo` on a port of its own, stopped by PID afterwards."""
     data = tmp_path_factory.mktemp("visualizer")
     port = free_port()
-    env = {**os.environ, "TICKETBLITZ_ADMIN_TOKEN": TOKEN}
+    # a 2 s shutdown grace (the default is 10 s): nothing here is about draining, and after any /ws session a
+    # SIGTERM waits out the whole grace (tests/e2e/test_process.py is where draining on SIGTERM is proved)
+    env = {**os.environ, "TICKETBLITZ_ADMIN_TOKEN": TOKEN, "TICKETBLITZ_SHUTDOWN_GRACE": "2"}
     for name in ("TICKETBLITZ_DATABASE_URL", "TICKETBLITZ_REDIS_URL", "TICKETBLITZ_KAFKA_BOOTSTRAP"):
         env.pop(name, None)  # the embedded default
     log = (data / "server.log").open("wb")

@@ -29,8 +29,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def start_workers(services: dict[str, str], port: int, log: Path, workers: int = 2) -> trio.Process:
-    env = {**os.environ, "TICKETBLITZ_ADMIN_TOKEN": ADMIN_TOKEN}
+async def start_workers(services: dict[str, str], port: int, log: Path, workers: int = 2,
+                        **extra_env: str) -> trio.Process:
+    env = {**os.environ, "TICKETBLITZ_ADMIN_TOKEN": ADMIN_TOKEN, **extra_env}
     env.update({f"TICKETBLITZ_{k.upper()}": v for k, v in services.items()})
     with log.open("ab") as out:
         proc = await trio.lowlevel.open_process(
@@ -101,7 +102,9 @@ async def test_two_workers_report_as_one_in_metrics_and_telemetry(tmp_path: Path
     with scratch_services() as services:
         port = free_port()
         log = tmp_path / "workers.log"
-        proc = await start_workers(services, port, log)
+        # a 2 s shutdown grace (default 10 s): after a /ws session a SIGTERM waits out the whole grace, and
+        # nothing is queued by then (the 5000-fan test above keeps the default grace for its drain)
+        proc = await start_workers(services, port, log, TICKETBLITZ_SHUTDOWN_GRACE="2")
         base = f"http://127.0.0.1:{port}"
         route = (("code", "202"), ("route", "POST /api/events/{id}/bookings"))
         try:

@@ -380,3 +380,16 @@ async def test_the_line_is_shown_live_and_counted_in_stats_and_metrics(harness: 
     assert samples["ticketblitz_queue_joins_total"] == 5
     assert samples["ticketblitz_queue_admits_total"] == 2
     assert "ticketblitz_queue_waiting" in samples
+
+
+async def test_a_read_of_the_line_counts_the_join_it_follows(harness: Harness) -> None:
+    """The public line may be two ticks old, but never older than a join this process just answered: a
+    fan who got its 201 is in the `joined` of the next read (a tick's view, then a join, then a read)."""
+    event = await room_event(harness)
+    eid = event["id"]
+    for n in range(5):
+        await tick(harness, eid)
+        r = await join(harness, eid, f"fan-{n}")
+        assert r.status_code == 201, r.text
+        line = (await harness.client.get(f"/api/events/{eid}/queue")).json()
+        assert line["joined"] == n + 1 and line["waiting"] == n + 1, line

@@ -82,6 +82,9 @@ class WaitingRoomService:
         self.telemetry = telemetry
         self.clock = clock
         self._seen: dict[str, tuple[Line, float]] = {}  # event id -> (its line at this process's last tick, when)
+        # event id -> (the newest line this process saw, from a tick or a batch of joins, when): what reads
+        # answer, so that a fan who was just answered 201 is counted in the next read of the line
+        self._latest: dict[str, tuple[Line, float]] = {}
         self._tracked: set[str] = set()  # events whose lines this process ticks
         # long-polls of waiting tickets: ticket id -> its event, set when the line reaches its position (or
         # draws its pre-queue, or sells out); per line a heap of (position, ticket id), and the pre-queue's
@@ -152,6 +155,7 @@ class WaitingRoomService:
         before = seen[0] if seen is not None else None
         line = result.line
         self._seen[event_id] = (line, trio.current_time())
+        self._saw(line)
         joins = line.joined - (before.joined if before is not None else 0)
         if result.changed or joins or before is None:
             self.telemetry.line(line.as_json(), admits=result.admitted, joins=max(0, joins),
@@ -221,7 +225,8 @@ class WaitingRoomService:
         if len(self._joins) >= MAX_JOINS_WAITING:
             raise RateLimited("the waiting room is taking joins as fast as it can; retry shortly", retry_after=1)
         ticket_id = rules.new_ticket_id()
-        pending = _Join(event_id, ticket_id, user_id, ownership.secret_hash(self.secret_of(ticket_id, user_id)))
+        secret = self.secret_of(ticket_id, user_id)
+        pending = _Join(event_id, ticket_id, user_id, ownership.secret_hash(secret))
         self._joins.append(pending)
         self._join_wake.set()
         await pending.done.wait()
@@ -229,7 +234,8 @@ class WaitingRoomService:
             raise pending.error
         assert pending.result is not None
         ticket, created, line = pending.result
-        return Joined(ticket, line, created, self.secret_of(ticket.id, user_id))
+        # a repeated join gets its first ticket, whose secret is derived from that ticket's id
+        return Joined(ticket, line, created, secret if ticket.id == ticket_id else self.secret_of(ticket.id, user_id))
 
     async def _join_loop(self) -> None:
         while True:
@@ -260,6 +266,7 @@ class WaitingRoomService:
             self._fail(joins, NoWaitingRoom(f"event {event_id} has no waiting room"))
             return
         results, line = done
+        self._saw(line)
         self.telemetry.joined(event_id, sum(1 for _, created in results if created))
         for join, (ticket, created) in zip(joins, results, strict=True):
             join.result = (ticket, created, line)
@@ -271,11 +278,22 @@ class WaitingRoomService:
             join.error = error
             join.done.set()
 
+    def _saw(self, line: Line) -> None:
+        """Keep `line` as the newest view unless the one kept is newer: a line only grows (joined,
+        ticked_at, admitted, expired), so a tick that read the row before a batch of joins committed is
+        older than that batch's line although it may be heard after it."""
+        kept = self._latest.get(line.event_id)
+        if kept is not None and (kept[0].joined > line.joined or kept[0].ticked_at > line.ticked_at
+                                 or kept[0].admitted > line.admitted or kept[0].expired > line.expired):
+            return
+        self._latest[line.event_id] = (line, trio.current_time())
+
     # ------------------------------------------------------------------ reading
     async def line(self, event_id: str) -> Line:
-        """The line: this process's view when its last tick was less than two ticks ago, else the store's."""
+        """The line: this process's newest view (its last tick, or a batch of joins after it) when less than
+        two ticks old, else the store's."""
         await self._room_of(event_id)
-        seen = self._seen.get(event_id)
+        seen = self._latest.get(event_id)
         if seen is not None and trio.current_time() - seen[1] < 2 * TICK:
             return seen[0]
         line = await self.store.queue_line(event_id)

@@ -68,7 +68,6 @@ from ..schemas import (
     TicketOut,
     WaitQuery,
     parse_body,
-    parse_wait,
 )
 from ..service import BookingService
 from ..telemetry import Subscriber, iso_time
@@ -237,10 +236,12 @@ def create_app(service: BookingService) -> QuartTrio:
             response.content_type = reply.content_type
         return response
 
-    async def intake_response(route: Any, *path_args: str) -> Response:
-        """The intake routes answer through `ticketblitz.intake`, like the Trio-native door."""
-        call = intake.Call({k.lower(): v for k, v in request.headers.items()}, await raw_body())
-        result = await intake.answer(route, service, call, *path_args)
+    async def intake_response(route: Any, *path_args: str, json_body: bool = True) -> Response:
+        """The intake routes (and the waiting room's and the booking long-poll's GETs, `json_body=False`)
+        answer through `ticketblitz.intake`, like the Trio-native door."""
+        call = intake.Call({k.lower(): v for k, v in request.headers.items()},
+                           await raw_body() if json_body else b"", request.query_string.decode("latin-1"))
+        result = await intake.answer(route, service, call, *path_args, json_body=json_body)
         return json_response(result.body, result.status, result.headers, result.content_type)
 
     # ------------------------------------------------------------------ events
@@ -312,8 +313,7 @@ def create_app(service: BookingService) -> QuartTrio:
         """A booking; `?wait=N` long-polls up to N seconds until it leaves `pending`."""
         if "wait" not in request.args:
             return await read_response(reads.booking, booking_id)
-        wait = parse_wait(request.args.get("wait"))
-        return json_response(booking_json(await service.booking(booking_id, credential(), wait)))
+        return await intake_response(intake.booking_long_poll, booking_id, json_body=False)
 
     @app.post("/api/bookings/<booking_id>/confirm")
     @tag(["bookings"])
@@ -334,12 +334,6 @@ def create_app(service: BookingService) -> QuartTrio:
         return json_response(booking_json(await service.cancel(booking_id, credential())))
 
     # ------------------------------------------------------------------ the waiting room (API 1.2)
-    async def queue_response(route: Any, *path_args: str, json_body: bool = False) -> Response:
-        call = intake.Call({k.lower(): v for k, v in request.headers.items()},
-                           await raw_body() if json_body else b"", request.query_string.decode("latin-1"))
-        result = await intake.answer(route, service, call, *path_args, json_body=json_body)
-        return json_response(result.body, result.status, result.headers, result.content_type)
-
     @app.post("/api/events/<event_id>/queue")
     @tag(["waiting room"])
     @document_request(JoinIn)
@@ -348,7 +342,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @problems(400, 404, 409, 413, 415, 422, 429, 503)
     async def join_queue(event_id: str) -> Response:
         """Take a place in the event's waiting room (`200` with the same ticket for a user who has one)."""
-        return await queue_response(intake.join_queue, event_id, json_body=True)
+        return await intake_response(intake.join_queue, event_id)
 
     @app.get("/api/events/<event_id>/queue")
     @tag(["waiting room"])
@@ -356,7 +350,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @problems(404, 409, 503)
     async def get_line(event_id: str) -> Response:
         """The event's line in public numbers (and the lottery's seed once drawn)."""
-        return await queue_response(intake.queue_line, event_id)
+        return await intake_response(intake.queue_line, event_id, json_body=False)
 
     @app.get("/api/events/<event_id>/queue/challenge")
     @tag(["waiting room"])
@@ -364,7 +358,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @problems(404, 409, 503)
     async def get_challenge(event_id: str) -> Response:
         """A proof-of-work challenge for joining (when the event's `challenge_bits` > 0)."""
-        return await queue_response(intake.queue_challenge, event_id)
+        return await intake_response(intake.queue_challenge, event_id, json_body=False)
 
     @app.get("/api/queue/<ticket_id>")
     @tag(["waiting room"])
@@ -374,7 +368,7 @@ def create_app(service: BookingService) -> QuartTrio:
     @problems(401, 404, 422, 429, 503)
     async def get_ticket(ticket_id: str) -> Response:
         """A ticket (with its pass once admitted); `?wait=N` long-polls until its status or position changes."""
-        return await queue_response(intake.queue_ticket, ticket_id)
+        return await intake_response(intake.queue_ticket, ticket_id, json_body=False)
 
     # ------------------------------------------------------------------ the original's routes
     @tag(["original"])

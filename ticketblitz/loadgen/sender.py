@@ -28,7 +28,6 @@ import errno
 import fcntl
 import os
 import pickle
-import resource
 import selectors
 import socket
 import sys
@@ -40,6 +39,8 @@ from typing import Any
 
 import httptools
 import orjson
+
+from .report import raise_fd_limit
 
 HOST = "127.0.0.1"
 LEAD = 0.5  # seconds between the last connection made and the first request sent
@@ -180,9 +181,7 @@ def run(plan: Plan) -> dict[str, Any]:
     except OSError:
         pass  # not a pipe, or a smaller limit: more waits in memory
     out = _Output(fd)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit(plan.connections + 16)  # a descriptor per connection, and the process's own
     answers: list[Any] = []
     cpu0 = time.process_time()
     connect_started = time.perf_counter()

@@ -433,8 +433,11 @@ class Sale:
     def first_request(self, fan: Fan) -> bytes:
         """The fan's first request, as `join` / `book` send it (the burst sender's pre-encoded bytes)."""
         if self.waiting_room:
-            return request_bytes("POST", f"/api/events/{self.event_id}/queue", self.port, {"user_id": fan.user_id})
+            return self.join_request({"user_id": fan.user_id})
         return self.booking_request(fan)
+
+    def join_request(self, body: dict[str, str]) -> bytes:
+        return request_bytes("POST", f"/api/events/{self.event_id}/queue", self.port, body)
 
     def booking_request(self, fan: Fan) -> bytes:
         headers = {"Idempotency-Key": f"wr-{fan.user_id}-{fan.booking_attempts}"}
@@ -473,8 +476,7 @@ class Sale:
                     if proof is None:
                         return
                     body["challenge"], body["proof"] = proof
-                answer = await self.call(fan, request_bytes("POST", f"/api/events/{self.event_id}/queue",
-                                                            self.port, body), "join")
+                answer = await self.call(fan, self.join_request(body), "join")
             if answer is None:
                 fan.error = "join: no answer"
                 return

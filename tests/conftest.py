@@ -235,11 +235,18 @@ def settings(tmp_path: Any, adapter_set: str, door: str) -> Iterator[Settings]:
         yield make_settings(tmp_path, services, intake_door=intake_door)
 
 
-@pytest.fixture
-async def harness(settings: Settings, nursery: trio.Nursery) -> AsyncIterator[Harness]:
+async def start_server(settings: Settings, nursery: trio.Nursery) -> tuple[Running, FakeClock]:
+    """A whole server in `nursery`, on a real port, its service on a FakeClock (stop: `running.stop.set()`)."""
     clock = FakeClock()
     service = build_service(settings, clock)
     running: Running = await nursery.start(partial(serve, settings, service=service))
+    return running, clock
+
+
+@pytest.fixture
+async def harness(settings: Settings, nursery: trio.Nursery) -> AsyncIterator[Harness]:
+    running, clock = await start_server(settings, nursery)
+    service = running.service
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     async with httpx.AsyncClient(base_url=running.url, limits=limits, timeout=60.0) as client:
         yield Harness(running.url, client, service, clock, running)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,12 +22,12 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 import trio
-from conftest import ADMIN, FakeClock, make_settings, scratch_services
+from conftest import ADMIN, FakeClock, make_settings, scratch_services, start_server
 from tcp_proxy import TcpProxy
 
 from ticketblitz.config import Settings
 from ticketblitz.domain.errors import Unavailable
-from ticketblitz.server import Running, build_service, serve
+from ticketblitz.server import Running
 
 STORE_TIMEOUT = 1.0
 RATE = 2  # passes per second of the fake clock
@@ -36,10 +35,8 @@ RATE = 2  # passes per second of the fake clock
 
 @asynccontextmanager
 async def server(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Running, FakeClock]]:
-    clock = FakeClock()
-    service = build_service(settings, clock)
     async with trio.open_nursery() as nursery:
-        running: Running = await nursery.start(partial(serve, settings, service=service))
+        running, clock = await start_server(settings, nursery)
         async with httpx.AsyncClient(base_url=running.url, timeout=30.0) as client:
             yield client, running, clock
         running.stop.set()
